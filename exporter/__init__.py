@@ -1,0 +1,1 @@
+"""The exporter process: collectors and /metrics (the metering gateway joins it later)."""

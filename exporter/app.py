@@ -1,0 +1,133 @@
+"""The exporter process: the registry of collectors and the HTTP server for /metrics and /healthz."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from types import ModuleType
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+from singularity_ops.exporter.catalogue import CatalogueKeeper
+from singularity_ops.exporter.collectors.gpu import GpuCollector
+from singularity_ops.exporter.collectors.host import HostCollector
+from singularity_ops.exporter.collectors.ollama import OllamaCollector
+from singularity_ops.exporter.collectors.runner import RunnerCollector, RunnerScan
+from singularity_ops.exporter.scrape import ScrapeCollector
+
+from singularity_ops.config import Config, parse_listen
+from singularity_ops.errors import SingularityError
+from singularity_ops.ollama_api import OllamaClient
+from singularity_ops.ollama_state import OllamaState
+from singularity_ops.store import Database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Exporter:
+    config: Config
+    registry: CollectorRegistry
+    state: OllamaState
+    scrape: ScrapeCollector
+    catalogue: CatalogueKeeper | None = None
+
+    @classmethod
+    def build(cls, config: Config, *, database: Database | None = None, nvml: ModuleType | None = None,
+              with_catalogue: bool = True) -> Exporter:
+        client = OllamaClient(config.ollama.host, config.ollama.timeout_seconds)
+        state = OllamaState(client, config.ollama.cache_seconds)
+        registry = CollectorRegistry(auto_describe=False)
+        scrape = ScrapeCollector(
+            [
+                OllamaCollector(state, config.memory),
+                RunnerCollector(state, RunnerScan(config.ollama.cache_seconds)),
+                HostCollector(),
+                GpuCollector(nvml),
+            ],
+            timeout_seconds=config.exporter.collector_timeout_seconds,
+        )
+        registry.register(scrape)
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+        catalogue = None
+        if with_catalogue:
+            catalogue = CatalogueKeeper(lambda: database or open_and_migrate(config), state, config.memory)
+            if database is not None:
+                catalogue.database = database
+            registry.register(catalogue)
+        return cls(config, registry, state, scrape, catalogue)
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+    def web_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/", self._index)
+        return app
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body, content_type = await asyncio.get_running_loop().run_in_executor(
+            None, self.render, request.headers.get("Accept"))
+        response = web.Response(body=body, headers={"Content-Type": content_type})
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            response.enable_compression()
+        return response
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _index(self, request: web.Request) -> web.Response:
+        return web.Response(text="Singularity Ops exporter: see /metrics and /healthz\n")
+
+    def close(self) -> None:
+        if self.catalogue is not None:
+            self.catalogue.stop()
+        self.scrape.close()
+        self.state.client.close()
+
+
+def open_and_migrate(config: Config) -> Database:
+    from singularity_ops.migrate import migrate
+
+    database = Database.open(config.database, config.home)
+    with database.connect() as conn:
+        migrate(conn)
+    return database
+
+
+async def serve(exporter: Exporter, stop: asyncio.Event | None = None) -> None:
+    host, port = parse_listen(exporter.config.exporter.metrics_listen)
+    runner = web.AppRunner(exporter.web_app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise SingularityError(
+            f"cannot listen on {exporter.config.exporter.metrics_listen}: {exc.strerror}; "
+            "choose another address with --metrics-listen"
+        ) from None
+    log.info("exporter serving /metrics on http://%s:%d (ollama %s)", host, port, exporter.config.ollama.host)
+    if exporter.catalogue is not None:
+        exporter.catalogue.start()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not in the main thread
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("exporter stopping")
+        await runner.cleanup()
+        exporter.close()

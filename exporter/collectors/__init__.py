@@ -1,0 +1,1 @@
+"""Collectors read at scrape time, one module per source."""

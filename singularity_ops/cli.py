@@ -1,0 +1,181 @@
+"""``singularity-ops``: a thin command line over the testable modules."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from singularity_ops.config import Config, load_config
+from singularity_ops.errors import DatabaseError, OllamaError, SingularityError
+from singularity_ops.logs import setup_logging
+
+log = logging.getLogger("singularity_ops")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("configuration (flags > environment > config file > defaults)")
+    group.add_argument("--config", metavar="FILE", help="YAML config file (default: $SINGULARITY_CONFIG)")
+    group.add_argument("--ollama-host", metavar="URL", help="upstream Ollama (default: $OLLAMA_HOST)")
+    group.add_argument("--home", metavar="DIR", help="data directory (default: $SINGULARITY_HOME)")
+    group.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="singularity-ops",
+        description="Observability and autonomous operations for self-hosted LLM servers (Ollama).",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", help="everything on one machine: migrate, then the exporter")
+    run.add_argument("--metrics-listen", metavar="HOST:PORT", help="default 127.0.0.1:9777")
+    _common(run)
+
+    exporter = commands.add_parser("exporter", help="collectors and /metrics for Prometheus")
+    exporter.add_argument("--metrics-listen", metavar="HOST:PORT", help="default 127.0.0.1:9777")
+    _common(exporter)
+
+    migrate = commands.add_parser("migrate", help="apply migrations/*.sql in order, once each")
+    migrate.add_argument("--json", action="store_true", help="print the result as JSON")
+    _common(migrate)
+
+    check = commands.add_parser("check-memory", help="per installed model: memory needed, and whether it fits")
+    check.add_argument("--model", metavar="NAME", help="only this model")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
+    check.add_argument("--fail-on-misfit", action="store_true", help="exit 1 when a model does not fit")
+    _common(check)
+    return parser
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    flags: dict[str, Any] = {
+        "ollama.host": args.ollama_host,
+        "home": args.home,
+        "logging.level": args.log_level,
+        "exporter.metrics_listen": getattr(args, "metrics_listen", None),
+    }
+    return load_config(flags=flags, config_file=args.config)
+
+
+def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
+    from singularity_ops.migrate import load_migrations, migrate
+    from singularity_ops.store import Database
+
+    database = Database.open(config.database, config.home)
+    with database.connect() as conn:
+        applied = migrate(conn)
+    names = [m.name for m in load_migrations()]
+    if args.json:
+        print(json.dumps({"applied": applied, "current": names[-1] if names else None}))
+    elif applied:
+        for name in applied:
+            print(f"applied {name}")
+    else:
+        print(f"up to date ({names[-1] if names else 'no migrations'})")
+    return 0
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]).rstrip())
+
+
+def cmd_check_memory(config: Config, args: argparse.Namespace) -> int:
+    from singularity_ops.memory import human_bytes
+    from singularity_ops.model_fit import assess_models
+    from singularity_ops.ollama_api import OllamaClient
+    from singularity_ops.ollama_state import OllamaState
+    from singularity_ops.runners import find_runner_rss
+
+    with OllamaClient(config.ollama.host, config.ollama.timeout_seconds) as client:
+        snapshot = OllamaState(client, 0).snapshot()
+    if not snapshot.up:
+        raise OllamaError(snapshot.error or f"Ollama at {config.ollama.host} is unavailable")
+    budget, rows = assess_models(snapshot, config.memory, find_runner_rss())
+    if args.model:
+        wanted = args.model if ":" in args.model else f"{args.model}:latest"
+        rows = [r for r in rows if r.name in (args.model, wanted)]
+        if not rows:
+            installed = ", ".join(m.name for m in snapshot.installed) or "none"
+            raise OllamaError(f"model '{args.model}' is not installed in Ollama (installed: {installed}); "
+                              f"pull it with: ollama pull {args.model}")
+    reserve = config.memory.reserve_bytes
+    if args.json:
+        print(json.dumps({
+            "memory": {
+                "source": budget.source,
+                "capacity_bytes": budget.capacity_bytes,
+                "available_bytes": budget.available_bytes,
+                "loaded_bytes": budget.loaded_bytes,
+                "reserve_bytes": reserve,
+                "obtainable_bytes": max(0, budget.obtainable_bytes - reserve),
+            },
+            "models": [row.as_json() for row in rows],
+        }, indent=2))
+    else:
+        print(f"memory ({budget.source}): {human_bytes(budget.capacity_bytes)} RAM + swap, "
+              f"{human_bytes(budget.available_bytes)} free, {human_bytes(budget.loaded_bytes)} held by "
+              f"{len(snapshot.loaded)} loaded model(s), reserve {human_bytes(reserve)}")
+        table = [["MODEL", "SIZE", "NEEDS", "LOADED", "RSS", "FITS", "WHY"]]
+        for row in rows:
+            table.append([
+                row.name,
+                human_bytes(row.size_bytes),
+                human_bytes(row.fit.need.total_bytes),
+                human_bytes(row.loaded_bytes) if row.loaded_bytes is not None else "-",
+                human_bytes(row.rss_bytes) if row.rss_bytes is not None else "-",
+                "yes" if row.fit.fits else "no",
+                row.fit.reason.split(": ", 1)[1],
+            ])
+        if len(table) == 1:
+            print("no models installed")
+        else:
+            _print_table(table)
+    return 1 if args.fail_on_misfit and any(not row.fit.fits for row in rows) else 0
+
+
+def cmd_exporter(config: Config, args: argparse.Namespace) -> int:
+    from singularity_ops.exporter.app import Exporter, open_and_migrate, serve
+
+    database = None
+    try:
+        database = open_and_migrate(config)
+    except DatabaseError as exc:  # keep serving metrics; the catalogue keeper retries in the background
+        log.warning("%s; starting without it and retrying", exc)
+    exporter = Exporter.build(config, database=database)
+    asyncio.run(serve(exporter))
+    return 0
+
+
+LONG_RUNNING = {"run", "exporter"}
+COMMANDS = {
+    "run": cmd_exporter,
+    "exporter": cmd_exporter,
+    "migrate": cmd_migrate,
+    "check-memory": cmd_check_memory,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from(args)
+        default_level = "info" if args.command in LONG_RUNNING else "error"
+        setup_logging(config.logging.level or default_level)
+        return COMMANDS[args.command](config, args)
+    except SingularityError as exc:
+        print(f"singularity-ops {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

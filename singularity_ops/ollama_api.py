@@ -1,0 +1,186 @@
+"""A small synchronous client for the parts of Ollama's API that describe its state.
+
+Responses are checked field by field: anything that is not Ollama's API (a proxy's HTML page, a
+truncated body) raises ``OllamaError`` with the endpoint and the reason, never a KeyError deep inside a
+collector. Units are Ollama's: sizes in bytes, times RFC 3339.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from singularity_ops.errors import OllamaError
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    """One entry of ``GET /api/tags``."""
+
+    name: str
+    digest: str
+    size_bytes: int
+    family: str = ""
+    parameter_size: str = ""
+    quantization_level: str = ""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One entry of ``GET /api/ps``."""
+
+    name: str
+    digest: str
+    size_bytes: int
+    vram_bytes: int
+    expires_at: datetime | None
+    context_length: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelDetails:
+    """What ``POST /api/show`` says about one model; immutable for a given digest."""
+
+    model_info: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, str] = field(default_factory=dict)
+    blob_path: str | None = None
+
+    @property
+    def architecture(self) -> str:
+        return str(self.model_info.get("general.architecture", ""))
+
+    def arch_value(self, key: str) -> Any:
+        """``model_info['<arch>.<key>']``, e.g. ``arch_value('block_count')``."""
+        return self.model_info.get(f"{self.architecture}.{key}")
+
+
+def _require(payload: Any, key: str, kind: type | tuple[type, ...], endpoint: str) -> Any:
+    if not isinstance(payload, dict) or key not in payload:
+        raise OllamaError(f"Ollama's {endpoint} answer has no '{key}' field: is OLLAMA_HOST really Ollama?")
+    value = payload[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise OllamaError(f"Ollama's {endpoint} field '{key}' has type {type(value).__name__}")
+    return value
+
+
+def parse_time(text: Any) -> datetime | None:
+    """Go's RFC 3339 (nanoseconds allowed); the zero time ``0001-01-01T00:00:00Z`` means none."""
+    if not isinstance(text, str) or not text or text.startswith("0001-01-01"):
+        return None
+    main, _, rest = text.partition(".")
+    if rest:  # Python takes at most 6 fractional digits
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        rest = rest[: min(digits, 6)] + rest[digits:]
+        text = f"{main}.{rest}"
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else None
+
+
+def parse_parameters(text: str) -> dict[str, str]:
+    """The ``parameters`` block of /api/show (``num_ctx    8192`` per line); repeated keys keep the last."""
+    result: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key:
+            result[key] = value.strip().strip('"')
+    return result
+
+
+def parse_blob_path(modelfile: str) -> str | None:
+    """The first un-commented ``FROM`` line of the generated Modelfile: the weights blob on Ollama's disk."""
+    for line in modelfile.splitlines():
+        stripped = line.strip()
+        if stripped.upper().startswith("FROM "):
+            return stripped[5:].strip() or None
+    return None
+
+
+class OllamaClient:
+    def __init__(self, base_url: str, timeout: float = 5.0) -> None:
+        self.base_url = base_url
+        self._http = httpx.Client(base_url=base_url, timeout=timeout,
+                                  limits=httpx.Limits(max_keepalive_connections=4))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> OllamaClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        endpoint = f"{method} {path}"
+        try:
+            response = self._http.request(method, path, json=body)
+        except httpx.TimeoutException:
+            raise OllamaError(f"Ollama at {self.base_url} did not answer {endpoint} in time") from None
+        except httpx.HTTPError as exc:
+            raise OllamaError(
+                f"cannot reach Ollama at {self.base_url} ({type(exc).__name__}: {exc}); "
+                "is it running, and is OLLAMA_HOST right?"
+            ) from None
+        try:
+            payload = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise OllamaError(
+                f"Ollama at {self.base_url} answered {endpoint} with HTTP {response.status_code} and a body "
+                "that is not JSON: is OLLAMA_HOST really Ollama?"
+            ) from None
+        if response.status_code >= 400:
+            message = payload.get("error") if isinstance(payload, dict) else None
+            raise OllamaError(f"Ollama answered {endpoint} with HTTP {response.status_code}: {message or payload}")
+        return payload
+
+    def version(self) -> str:
+        return _require(self._call("GET", "/api/version"), "version", str, "/api/version")
+
+    def installed(self) -> list[InstalledModel]:
+        models = _require(self._call("GET", "/api/tags"), "models", list, "/api/tags")
+        result = []
+        for entry in models:
+            details = entry.get("details") if isinstance(entry, dict) else None
+            details = details if isinstance(details, dict) else {}
+            result.append(InstalledModel(
+                name=_require(entry, "name", str, "/api/tags"),
+                digest=_require(entry, "digest", str, "/api/tags"),
+                size_bytes=_require(entry, "size", int, "/api/tags"),
+                family=str(details.get("family") or ""),
+                parameter_size=str(details.get("parameter_size") or ""),
+                quantization_level=str(details.get("quantization_level") or ""),
+            ))
+        return result
+
+    def loaded(self) -> list[LoadedModel]:
+        models = _require(self._call("GET", "/api/ps"), "models", list, "/api/ps")
+        result = []
+        for entry in models:
+            context = entry.get("context_length") if isinstance(entry, dict) else None
+            result.append(LoadedModel(
+                name=_require(entry, "name", str, "/api/ps"),
+                digest=_require(entry, "digest", str, "/api/ps"),
+                size_bytes=_require(entry, "size", int, "/api/ps"),
+                vram_bytes=int(entry.get("size_vram") or 0),
+                expires_at=parse_time(entry.get("expires_at")),
+                context_length=context if isinstance(context, int) and context > 0 else None,
+            ))
+        return result
+
+    def show(self, name: str) -> ModelDetails:
+        payload = self._call("POST", "/api/show", {"model": name})
+        if not isinstance(payload, dict):
+            raise OllamaError("Ollama's /api/show answer is not a JSON object")
+        info = payload.get("model_info")
+        return ModelDetails(
+            model_info=info if isinstance(info, dict) else {},
+            parameters=parse_parameters(str(payload.get("parameters") or "")),
+            blob_path=parse_blob_path(str(payload.get("modelfile") or "")),
+        )

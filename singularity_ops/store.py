@@ -1,0 +1,117 @@
+"""The PostgreSQL history store: an external server from ``SINGULARITY_DATABASE_URL`` or the embedded one.
+
+The embedded server is a real PostgreSQL from the ``pgserver`` wheel, kept under ``SINGULARITY_HOME/postgres``:
+created on first use, reused after, and stopped when the last process using it exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from singularity_ops.config import DatabaseConfig
+from singularity_ops.errors import DatabaseError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DATABASE = "singularity_ops"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, fit for errors and logs."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def start_embedded(home: Path) -> str:
+    """Start (or attach to) the embedded PostgreSQL under ``home`` and return a URL to its database."""
+    try:
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset (services, CI)
+            warnings.simplefilter("ignore")
+            import pgserver
+    except ImportError:  # pragma: no cover - pgserver is a hard dependency
+        raise DatabaseError(
+            "the embedded PostgreSQL needs the 'pgserver' package; install it or set SINGULARITY_DATABASE_URL"
+        ) from None
+    pgdata = home / "postgres"
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    except Exception as exc:  # pgserver raises plain exceptions (CalledProcessError, AssertionError…)
+        raise DatabaseError(
+            f"cannot start the embedded PostgreSQL in {pgdata}: {exc}; see {pgdata / 'log'} or set "
+            "SINGULARITY_DATABASE_URL to an external server"
+        ) from None
+    admin_url = server.get_uri()
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DATABASE,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{EMBEDDED_DATABASE}"')
+            log.info("created embedded database %s in %s", EMBEDDED_DATABASE, pgdata)
+    return server.get_uri(EMBEDDED_DATABASE)
+
+
+def check_connection(url: str, timeout: float) -> None:
+    try:
+        with psycopg.connect(url, connect_timeout=max(1, round(timeout))) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise DatabaseError(
+            f"cannot connect to PostgreSQL at {redact_url(url)}: {reason}; check SINGULARITY_DATABASE_URL "
+            "(or unset it to use the embedded server)"
+        ) from None
+
+
+@dataclass
+class Database:
+    """Where the history lives; connections come from one pool, opened on first use."""
+
+    url: str
+    config: DatabaseConfig = field(default_factory=DatabaseConfig)
+    embedded: bool = False
+    _pool: ConnectionPool | None = field(default=None, init=False, repr=False)
+
+    def __repr__(self) -> str:
+        return f"Database(url={redact_url(self.url)!r}, embedded={self.embedded})"
+
+    @classmethod
+    def open(cls, config: DatabaseConfig, home: Path) -> Database:
+        if config.url is not None:
+            url = config.url.get_secret_value()
+            check_connection(url, config.connect_timeout_seconds)
+            return cls(url, config)
+        return cls(start_embedded(home), config, embedded=True)
+
+    @property
+    def pool(self) -> ConnectionPool:
+        if self._pool is None:
+            self._pool = ConnectionPool(
+                self.url,
+                min_size=self.config.pool_min_size,
+                max_size=self.config.pool_max_size,
+                kwargs={"connect_timeout": max(1, round(self.config.connect_timeout_seconds))},
+                timeout=self.config.connect_timeout_seconds,
+                open=True,
+                name="singularity",
+            )
+        return self._pool
+
+    def connect(self, **kwargs: Any) -> psycopg.Connection:
+        """A connection outside the pool, for one-off work such as migrations."""
+        try:
+            return psycopg.connect(self.url, connect_timeout=max(1, round(self.config.connect_timeout_seconds)),
+                                   **kwargs)
+        except psycopg.Error as exc:
+            raise DatabaseError(f"cannot connect to PostgreSQL at {redact_url(self.url)}: {exc}") from None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None

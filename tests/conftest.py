@@ -1,0 +1,53 @@
+"""Shared fixtures: a real PostgreSQL (embedded pgserver, or SINGULARITY_TEST_DATABASE_URL), fresh per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Admin URL of a real PostgreSQL server for the whole session."""
+    external = os.environ.get("SINGULARITY_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def database_url(postgres_server_url: str) -> Iterator[str]:
+    """A new, empty database on the session's server, dropped after the test."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    conninfo = psycopg.conninfo.conninfo_to_dict(postgres_server_url)
+    conninfo["dbname"] = name
+    yield psycopg.conninfo.make_conninfo(**conninfo)
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No configuration leaks in from the developer's or CI's environment."""
+    from singularity_ops.config import ENVIRONMENT
+
+    for variable in [*ENVIRONMENT, "SINGULARITY_CONFIG"]:
+        monkeypatch.delenv(variable, raising=False)

@@ -1,0 +1,1 @@
+"""Stand-ins for what cannot run here: the Ollama server and its model runner processes."""
