@@ -99,3 +99,24 @@ def test_empty_config_file_means_defaults(tmp_path: Path) -> None:
 def test_bad_listen_address_is_rejected() -> None:
     with pytest.raises(ConfigError, match="metrics_listen"):
         load_config(flags={"exporter.metrics_listen": "localhost"}, environ={})
+
+
+def test_every_key_and_variable_is_documented() -> None:
+    from pydantic import BaseModel
+
+    from singularity_ops.config import ENVIRONMENT, Config
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "CONFIGURATION.md").read_text()
+
+    def keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+        found = []
+        for name, field in model.model_fields.items():
+            kind = field.annotation
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                found += keys(kind, f"{prefix}{name}.")
+            else:
+                found.append(prefix + name)
+        return found
+
+    missing = [k for k in keys(Config) if f"`{k}`" not in doc] + [v for v in ENVIRONMENT if f"`{v}`" not in doc]
+    assert not missing
