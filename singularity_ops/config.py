@@ -6,82 +6,188 @@ Precedence, highest first: command-line flags > environment variables > the YAML
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import types
+import typing
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from singularity_ops.errors import ConfigError
 from singularity_ops.ollama_host import parse_ollama_host
 
+# Plain dataclasses checked by _build below rather than pydantic: the exporter must stay small on a
+# 2 GB server, and pydantic's import and schemas cost ~7 MB of its RSS for a dozen keys.
+
 DEFAULT_HOME = "~/.local/share/singularity-ops"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class Secret:
+    """A string that never shows itself in repr(), str() or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
 
 
-class OllamaConfig(_Section):
-    host: str = "http://127.0.0.1:11434"
-    timeout_seconds: float = Field(5.0, gt=0)
+def setting(default: Any, *, gt: float | None = None, ge: float | None = None,
+            check: typing.Callable[[Any], Any] | None = None) -> Any:
+    """A field with bounds and/or a ``check`` that normalises the value or raises ValueError."""
+    metadata = {k: v for k, v in (("gt", gt), ("ge", ge), ("check", check)) if v is not None}
+    return field(default=default, metadata=metadata)
+
+
+def _listen(value: str) -> str:
+    parse_listen(value)
+    return value
+
+
+def _expand(value: Path) -> Path:
+    return Path(os.path.expanduser(str(value)))
+
+
+@dataclass
+class OllamaConfig:
+    host: str = setting("http://127.0.0.1:11434", check=parse_ollama_host)
+    timeout_seconds: float = setting(5.0, gt=0)
     # How long one read of Ollama's state is shared between concurrent scrapes.
-    cache_seconds: float = Field(1.0, ge=0)
-
-    @field_validator("host")
-    @classmethod
-    def _normalise_host(cls, value: str) -> str:
-        return parse_ollama_host(value)
+    cache_seconds: float = setting(1.0, ge=0)
 
 
-class MemoryConfig(_Section):
+@dataclass
+class MemoryConfig:
     # RAM + swap of the machine Ollama runs on; None = measured here (cgroup limit, else host).
-    ollama_memory_bytes: int | None = Field(None, gt=0)
-    reserve_bytes: int = Field(0, ge=0)
-    overhead_bytes: int = Field(256 * 2**20, ge=0)  # runtime, buffers; see docs/MEMORY.md
-    context_length: int = Field(4096, gt=0)
-    num_parallel: int = Field(1, gt=0)
+    ollama_memory_bytes: int | None = setting(None, gt=0)
+    reserve_bytes: int = setting(0, ge=0)
+    overhead_bytes: int = setting(256 * 2**20, ge=0)  # runtime, buffers; see docs/MEMORY.md
+    context_length: int = setting(4096, gt=0)
+    num_parallel: int = setting(1, gt=0)
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
 
 
-class DatabaseConfig(_Section):
-    url: SecretStr | None = None
-    pool_min_size: int = Field(1, ge=0)
-    pool_max_size: int = Field(4, gt=0)
-    connect_timeout_seconds: float = Field(5.0, gt=0)
+@dataclass
+class DatabaseConfig:
+    url: Secret | None = None
+    pool_min_size: int = setting(1, ge=0)
+    pool_max_size: int = setting(4, gt=0)
+    connect_timeout_seconds: float = setting(5.0, gt=0)
 
 
-class ExporterConfig(_Section):
-    metrics_listen: str = "127.0.0.1:9777"
-    collector_timeout_seconds: float = Field(3.0, gt=0)
-
-    @field_validator("metrics_listen")
-    @classmethod
-    def _check_listen(cls, value: str) -> str:
-        parse_listen(value)
-        return value
+@dataclass
+class ExporterConfig:
+    metrics_listen: str = setting("127.0.0.1:9777", check=_listen)
+    collector_timeout_seconds: float = setting(3.0, gt=0)
 
 
-class LoggingConfig(_Section):
+@dataclass
+class LoggingConfig:
     # None: "info" for the long-running commands (run, exporter), "error" for one-shot commands whose
     # own output already says what went wrong.
     level: Literal["debug", "info", "warning", "error"] | None = None
 
 
-class Config(_Section):
-    home: Path = Path(DEFAULT_HOME)
-    ollama: OllamaConfig = Field(default_factory=OllamaConfig)
-    memory: MemoryConfig = Field(default_factory=MemoryConfig)
-    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
-    exporter: ExporterConfig = Field(default_factory=ExporterConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+@dataclass
+class Config:
+    home: Path = setting(_expand(Path(DEFAULT_HOME)), check=_expand)
+    ollama: OllamaConfig = field(default_factory=OllamaConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    exporter: ExporterConfig = field(default_factory=ExporterConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
-    @field_validator("home")
-    @classmethod
-    def _expand_home(cls, value: Path) -> Path:
-        return Path(os.path.expanduser(str(value)))
+
+class _Invalid(ValueError):
+    pass
+
+
+def _coerce(value: Any, kind: Any) -> Any:
+    """``value`` (from YAML, or a string from the environment or a flag) as the annotated type."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option)
+            except _Invalid as exc:
+                errors.append(str(exc))
+        raise _Invalid(" or ".join(errors))
+    if origin is Literal:
+        choices = typing.get_args(kind)
+        if value not in choices:
+            raise _Invalid(f"expected one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    if kind is bool or isinstance(value, bool):
+        raise _Invalid(f"expected {getattr(kind, '__name__', kind)}, got {value!r}")
+    if kind is int:
+        if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
+            return int(value)
+        raise _Invalid(f"expected an integer, got {value!r}")
+    if kind is float:
+        try:
+            if isinstance(value, int | float | str):
+                return float(value)
+        except ValueError:
+            pass
+        raise _Invalid(f"expected a number, got {value!r}")
+    if kind in (str, Path, Secret):
+        if not isinstance(value, str | int | float):
+            raise _Invalid(f"expected a string, got {type(value).__name__}")
+        return kind(str(value))
+    raise _Invalid(f"unsupported type {kind!r}")  # pragma: no cover - a programming error
+
+
+def _build(cls: type, data: Any, path: str, problems: list[str], provenance: dict[str, str]) -> Any:
+    if not isinstance(data, dict):
+        problems.append(f"'{path.rstrip('.')}' must be a mapping, got {type(data).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for unknown in sorted(set(data) - set(fields)):
+        problems.append(f"unknown key '{path}{unknown}' (see docs/CONFIGURATION.md for the keys)")
+    values = {}
+    for name, spec in fields.items():
+        if name not in data:
+            continue
+        key, kind, raw = f"{path}{name}", hints[name], data[name]
+        if dataclasses.is_dataclass(kind):
+            values[name] = _build(kind, raw, f"{key}.", problems, provenance)
+            continue
+        origin = f" (from {provenance[key]})" if key in provenance else ""
+        try:
+            value = _coerce(raw, kind)
+            if value is not None and "gt" in spec.metadata and not value > spec.metadata["gt"]:
+                raise _Invalid(f"must be greater than {spec.metadata['gt']}, got {value}")
+            if value is not None and "ge" in spec.metadata and not value >= spec.metadata["ge"]:
+                raise _Invalid(f"must be at least {spec.metadata['ge']}, got {value}")
+            if value is not None and "check" in spec.metadata:
+                value = spec.metadata["check"](value)
+        except (_Invalid, ValueError) as exc:
+            problems.append(f"'{key}'{origin}: {exc}")
+            continue
+        values[name] = value
+    return cls(**values)
 
 
 # Environment variable → dotted config key. Ollama's own variables are honoured where they mean the same.
@@ -118,6 +224,8 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -133,19 +241,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must be a mapping of sections, got {type(data).__name__}")
     return data
-
-
-def _describe(error: ValidationError, provenance: dict[str, str], file_source: str | None) -> str:
-    problems = []
-    for item in error.errors():
-        key = ".".join(str(p) for p in item["loc"])
-        if item["type"] == "extra_forbidden":
-            problems.append(f"unknown key '{key}' (see docs/CONFIGURATION.md for the keys)")
-            continue
-        origin = next((where for dotted, where in provenance.items() if key.startswith(dotted)), file_source)
-        problems.append(f"'{key}'{f' (from {origin})' if origin else ''}: {item['msg']}")
-    where = f" in {file_source}" if file_source else ""
-    return f"invalid configuration{where}: " + "; ".join(problems)
 
 
 def load_config(
@@ -167,7 +262,9 @@ def load_config(
         if value is not None:
             _set_dotted(tree, dotted, value)
             provenance[dotted] = "--" + dotted.rpartition(".")[2].replace("_", "-")
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, provenance, str(path) if path else None)) from None
+    problems: list[str] = []
+    config = _build(Config, tree, "", problems, provenance)
+    if problems:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{where}: " + "; ".join(problems))
+    return config

@@ -51,3 +51,25 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for variable in [*ENVIRONMENT, "SINGULARITY_CONFIG"]:
         monkeypatch.delenv(variable, raising=False)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Installed models of the default stand-in: two small ones that fit anywhere and the seed's phi4.
+DEFAULT_MODELS = ("llama3.2:3b", "qwen2.5-coder:1.5b", "phi4:14b")
+
+
+@pytest.fixture
+def ollama() -> Iterator:
+    """A running Ollama stand-in with real model shapes installed and nothing loaded."""
+    from tests.standins.models import REAL_MODELS
+    from tests.standins.ollama import OllamaStandIn
+
+    with OllamaStandIn(models=[REAL_MODELS[name] for name in DEFAULT_MODELS]) as standin:
+        yield standin

@@ -1,0 +1,126 @@
+"""Cost of a scrape: render time against client_python's bare generate_latest, and RSS after 1,000 scrapes.
+
+Run: ``.venv/bin/python bench/scrape.py`` (from the repository root). Prints absolute figures and ratios,
+all measured in this one run against the same Ollama stand-in (50 installed, 10 loaded models).
+Goals (issue 3): render ≤ 2x the baseline and ≤ 10 ms; exporter RSS after 1,000 scrapes ≤ 60 MB.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from singularity_ops.config import load_config  # noqa: E402
+from singularity_ops.exporter.app import Exporter  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from tests.standins.models import synthetic_models  # noqa: E402
+from tests.standins.ollama import OllamaStandIn  # noqa: E402
+
+INSTALLED, LOADED, ROUNDS, SCRAPES = 50, 10, 300, 1000
+
+
+def timed(function, rounds: int) -> list[float]:
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def baseline_registry(text: str) -> CollectorRegistry:
+    """The same families, label sets and values as plain client_python gauges."""
+    registry = CollectorRegistry()
+    for family in text_string_to_metric_families(text):
+        names = sorted({k for s in family.samples for k in s.labels})
+        gauge = Gauge(family.name.replace(":", "_") + "_copy", family.documentation or "copy", names,
+                      registry=registry)
+        for sample in family.samples:
+            child = gauge.labels(**{n: sample.labels.get(n, "") for n in names}) if names else gauge
+            child.set(sample.value)
+    return registry
+
+
+def render_figures(standin: OllamaStandIn) -> None:
+    config = load_config(environ={"OLLAMA_HOST": standin.host, "SINGULARITY_OLLAMA_MEMORY_BYTES": str(64 * 2**30)})
+    exporter = Exporter.build(config, with_catalogue=False)
+    try:
+        text = exporter.render()[0].decode()
+        series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+        baseline = baseline_registry(text)
+        for _ in range(20):  # warm-up
+            exporter.render()
+            generate_latest(baseline)
+        exporter.state.cache_seconds = 3600  # Ollama state shared, as for scrapes within one second
+        cached, bare = [], []
+        for _ in range(ROUNDS):  # interleaved, so both see the same machine
+            cached += timed(exporter.render, 1)
+            bare += timed(lambda: generate_latest(baseline), 1)
+        exporter.state.cache_seconds = 0  # every render reads Ollama afresh (the usual 15 s scrape)
+        fresh = timed(exporter.render, ROUNDS // 3)
+    finally:
+        exporter.close()
+    p50 = statistics.median
+    print(f"series in one scrape: {series} ({INSTALLED} installed, {LOADED} loaded models)")
+    print(f"generate_latest, same series (baseline): p50 {p50(bare) * 1e3:.2f} ms")
+    print(f"exporter render, Ollama state shared:    p50 {p50(cached) * 1e3:.2f} ms  "
+          f"ratio {p50(cached) / p50(bare):.2f}x  (goal <= 2x, <= 10 ms)")
+    print(f"exporter render, fresh Ollama read:      p50 {p50(fresh) * 1e3:.2f} ms  "
+          f"ratio {p50(fresh) / p50(bare):.2f}x  (includes 3 HTTP calls to the stand-in)")
+
+
+def rss_figures(standin: OllamaStandIn) -> None:
+    port = free_port()
+    home = tempfile.mkdtemp(prefix="bench-home-")
+    env = {**os.environ, "OLLAMA_HOST": standin.host, "SINGULARITY_HOME": home,
+           "SINGULARITY_LOG_LEVEL": "warning"}
+    process = subprocess.Popen([sys.executable, "-m", "singularity_ops.cli", "exporter", "--metrics-listen",
+                                f"127.0.0.1:{port}"], env=env, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(url, timeout=5)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        with httpx.Client(timeout=10) as client:
+            client.get(url)
+            after_one = psutil.Process(process.pid).memory_info().rss
+            started = time.perf_counter()
+            for _ in range(SCRAPES):
+                assert client.get(url).status_code == 200
+            elapsed = time.perf_counter() - started
+        after_all = psutil.Process(process.pid).memory_info().rss
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    print(f"exporter RSS after 1 scrape:    {after_one / 1e6:.1f} MB")
+    print(f"exporter RSS after {SCRAPES} scrapes: {after_all / 1e6:.1f} MB  ratio {after_all / after_one:.2f}x "
+          f"(goal <= 60 MB); {SCRAPES / elapsed:.0f} scrapes/s over HTTP")
+
+
+def main() -> None:
+    models = synthetic_models(INSTALLED)
+    with OllamaStandIn(models=models) as standin:
+        for model in models[:LOADED]:
+            standin.load(model.name)
+        render_figures(standin)
+        rss_figures(standin)
+
+
+if __name__ == "__main__":
+    main()
