@@ -23,11 +23,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from singularity_ops.config import load_config  # noqa: E402
-from singularity_ops.exporter.app import Exporter  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.standins.models import synthetic_models  # noqa: E402
-from tests.standins.ollama import OllamaStandIn  # noqa: E402
+from singularity_ops.exporter.app import Exporter
+
+from singularity_ops.config import load_config
+from tests.conftest import free_port
+from tests.standins.models import synthetic_models
+from tests.standins.ollama import OllamaStandIn
 
 INSTALLED, LOADED, ROUNDS, SCRAPES = 50, 10, 300, 1000
 

@@ -11,9 +11,9 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from singularity_ops.exporter.app import Exporter, serve
 
 from singularity_ops.config import load_config
-from singularity_ops.exporter.app import Exporter, serve
 from tests.conftest import free_port
 
 GiB = 2**30
@@ -77,7 +77,7 @@ def test_installed_and_loaded_models_are_exposed(exporter: Running, ollama) -> N
     ollama.load("llama3.2:3b", size=3_000_000_000, size_vram=1_000_000_000, expires_in=timedelta(minutes=5))
     text = exporter.scrape()
     assert series(text, "ollama_up") == {"": 1.0}
-    assert list(series(text, "ollama_info")) == ['{version="%s"}' % ollama.version]
+    assert list(series(text, "ollama_info")) == [f'{{version="{ollama.version}"}}']
     assert set(series(text, "ollama_model_size_bytes")) == {
         '{model="llama3.2:3b"}', '{model="qwen2.5-coder:1.5b"}', '{model="phi4:14b"}'}
     assert series(text, "ollama_model_loaded_bytes") == {'{model="llama3.2:3b"}': 3e9}

@@ -6,7 +6,8 @@ from singularity_ops.logs import OneLineFormatter, redact
 
 
 def test_passwords_in_urls_and_tokens_are_redacted() -> None:
-    line = redact("db postgresql://app:s3cret@db:5432/x bot https://api.telegram.org/bot123456:AAHk-abcdefghijklmnopqrstu "
+    line = redact("db postgresql://app:s3cret@db:5432/x "
+                  "bot https://api.telegram.org/bot123456:AAHk-abcdefghijklmnopqrstu "
                   "Authorization: Bearer sk-live-999 api_key=abc123&x=1")
     for secret in ("s3cret", "AAHk-abcdefghijklmnopqrstu", "sk-live-999", "abc123"):
         assert secret not in line
