@@ -7,12 +7,13 @@ collector. Units are Ollama's: sizes in bytes, times RFC 3339.
 
 from __future__ import annotations
 
+import http.client
 import json
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-
-import httpx
+from urllib.parse import urlsplit
 
 from singularity_ops.errors import OllamaError
 
@@ -103,13 +104,29 @@ def parse_blob_path(modelfile: str) -> str | None:
 
 
 class OllamaClient:
+    """Blocking JSON calls over one kept-alive connection (stdlib ``http.client``: the exporter's RSS
+    budget has no room for a second HTTP stack). Calls are serialised; a stale kept-alive connection is
+    retried once on a fresh one."""
+
     def __init__(self, base_url: str, timeout: float = 5.0) -> None:
         self.base_url = base_url
-        self._http = httpx.Client(base_url=base_url, timeout=timeout,
-                                  limits=httpx.Limits(max_keepalive_connections=4))
+        parts = urlsplit(base_url)
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port
+        self._prefix = parts.path.rstrip("/")
+        self._timeout = timeout
+        self._connection: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()
 
     def close(self) -> None:
-        self._http.close()
+        with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def __enter__(self) -> OllamaClient:
         return self
@@ -117,27 +134,51 @@ class OllamaClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _exchange(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
+        reused = self._connection is not None
+        if self._connection is None:
+            kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            self._connection = kind(self._host, self._port, timeout=self._timeout)
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            self._connection.request(method, self._prefix + path, body=body, headers=headers)
+            response = self._connection.getresponse()
+            return response.status, response.read()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            self._drop()
+            if not reused:
+                raise
+            return self._exchange(method, path, body)
+        except BaseException:
+            self._drop()
+            raise
+
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         endpoint = f"{method} {path}"
+        data = json.dumps(body).encode() if body is not None else None
         try:
-            response = self._http.request(method, path, json=body)
-        except httpx.TimeoutException:
-            raise OllamaError(f"Ollama at {self.base_url} did not answer {endpoint} in time") from None
-        except httpx.HTTPError as exc:
+            with self._lock:
+                status, raw = self._exchange(method, path, data)
+        except TimeoutError:
+            raise OllamaError(f"Ollama at {self.base_url} did not answer {endpoint} within {self._timeout:g} s") \
+                from None
+        except (OSError, http.client.HTTPException) as exc:
             raise OllamaError(
                 f"cannot reach Ollama at {self.base_url} ({type(exc).__name__}: {exc}); "
                 "is it running, and is OLLAMA_HOST right?"
             ) from None
         try:
-            payload = response.json()
+            payload = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise OllamaError(
-                f"Ollama at {self.base_url} answered {endpoint} with HTTP {response.status_code} and a body "
+                f"Ollama at {self.base_url} answered {endpoint} with HTTP {status} and a body "
                 "that is not JSON: is OLLAMA_HOST really Ollama?"
             ) from None
-        if response.status_code >= 400:
+        if status >= 400:
             message = payload.get("error") if isinstance(payload, dict) else None
-            raise OllamaError(f"Ollama answered {endpoint} with HTTP {response.status_code}: {message or payload}")
+            raise OllamaError(f"Ollama answered {endpoint} with HTTP {status}: {message or payload}")
         return payload
 
     def version(self) -> str:

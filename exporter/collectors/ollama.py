@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from singularity_ops.config import MemoryConfig
 from singularity_ops.model_fit import assess_models
-from singularity_ops.ollama_state import OllamaState
+from singularity_ops.ollama_state import OllamaSnapshot, OllamaState
 
 FOREVER_SECONDS = 10 * 365 * 86400  # keep_alive < 0: Ollama sets an expiry centuries away
 
@@ -44,6 +44,7 @@ class OllamaCollector(Collector):
     def __init__(self, state: OllamaState, settings: MemoryConfig) -> None:
         self.state = state
         self.settings = settings
+        self._families: tuple[OllamaSnapshot, list[Metric]] | None = None
 
     def describe(self) -> list[Metric]:
         return []
@@ -54,6 +55,21 @@ class OllamaCollector(Collector):
                                 value=1 if snapshot.up else 0)
         if not snapshot.up:
             return
+        # Everything but the countdown is a function of the snapshot: scrapes sharing one read share it too.
+        cached = self._families
+        if cached is None or cached[0] is not snapshot:
+            cached = self._families = (snapshot, list(self._families_of(snapshot)))
+        yield from cached[1]
+        expires = GaugeMetricFamily("ollama_model_expires_in_seconds",
+                                    "Seconds until Ollama unloads the model (+Inf: kept forever)", labels=["model"])
+        now = datetime.now(UTC)
+        for model in snapshot.loaded:
+            remaining = seconds_until(model.expires_at, now)
+            if remaining is not None:
+                expires.add_metric([model.name], remaining)
+        yield expires
+
+    def _families_of(self, snapshot: OllamaSnapshot) -> Iterator[Metric]:
         info = InfoMetricFamily("ollama", "Ollama server version")
         info.add_metric([], {"version": snapshot.version or ""})
         yield info
@@ -72,18 +88,12 @@ class OllamaCollector(Collector):
                                  labels=["model"])
         context = GaugeMetricFamily("ollama_model_context_length", "Context the model is loaded with (tokens)",
                                     labels=["model"])
-        expires = GaugeMetricFamily("ollama_model_expires_in_seconds",
-                                    "Seconds until Ollama unloads the model (+Inf: kept forever)", labels=["model"])
-        now = datetime.now(UTC)
         for model in snapshot.loaded:
             loaded.add_metric([model.name], model.size_bytes)
             vram.add_metric([model.name], model.vram_bytes)
             if model.context_length:
                 context.add_metric([model.name], model.context_length)
-            remaining = seconds_until(model.expires_at, now)
-            if remaining is not None:
-                expires.add_metric([model.name], remaining)
-        yield from (loaded, vram, context, expires)
+        yield from (loaded, vram, context)
 
         budget, fits = assess_models(snapshot, self.settings)
         required = GaugeMetricFamily("ollama_model_required_bytes",
