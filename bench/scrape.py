@@ -23,9 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from singularity_ops.exporter.app import Exporter
-
 from singularity_ops.config import load_config
+from singularity_ops.exporter.app import Exporter
 from tests.conftest import free_port
 from tests.standins.models import synthetic_models
 from tests.standins.ollama import OllamaStandIn

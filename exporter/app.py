@@ -12,15 +12,15 @@ from types import ModuleType
 from aiohttp import web
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
+
+from singularity_ops.config import Config, parse_listen
+from singularity_ops.errors import SingularityError
 from singularity_ops.exporter.catalogue import CatalogueKeeper
 from singularity_ops.exporter.collectors.gpu import GpuCollector
 from singularity_ops.exporter.collectors.host import HostCollector
 from singularity_ops.exporter.collectors.ollama import OllamaCollector
 from singularity_ops.exporter.collectors.runner import RunnerCollector, RunnerScan
 from singularity_ops.exporter.scrape import ScrapeCollector
-
-from singularity_ops.config import Config, parse_listen
-from singularity_ops.errors import SingularityError
 from singularity_ops.ollama_api import OllamaClient
 from singularity_ops.ollama_state import OllamaState
 from singularity_ops.store import Database

@@ -11,9 +11,9 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from singularity_ops.exporter.app import Exporter, serve
 
 from singularity_ops.config import load_config
+from singularity_ops.exporter.app import Exporter, serve
 from tests.conftest import free_port
 
 GiB = 2**30
