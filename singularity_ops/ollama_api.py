@@ -182,46 +182,66 @@ class OllamaClient:
         return payload
 
     def version(self) -> str:
-        return _require(self._call("GET", "/api/version"), "version", str, "/api/version")
+        return parse_version(self._call("GET", "/api/version"))
 
     def installed(self) -> list[InstalledModel]:
-        models = _require(self._call("GET", "/api/tags"), "models", list, "/api/tags")
-        result = []
-        for entry in models:
-            details = entry.get("details") if isinstance(entry, dict) else None
-            details = details if isinstance(details, dict) else {}
-            result.append(InstalledModel(
-                name=_require(entry, "name", str, "/api/tags"),
-                digest=_require(entry, "digest", str, "/api/tags"),
-                size_bytes=_require(entry, "size", int, "/api/tags"),
-                family=str(details.get("family") or ""),
-                parameter_size=str(details.get("parameter_size") or ""),
-                quantization_level=str(details.get("quantization_level") or ""),
-            ))
-        return result
+        return parse_tags(self._call("GET", "/api/tags"))
 
     def loaded(self) -> list[LoadedModel]:
-        models = _require(self._call("GET", "/api/ps"), "models", list, "/api/ps")
-        result = []
-        for entry in models:
-            context = entry.get("context_length") if isinstance(entry, dict) else None
-            result.append(LoadedModel(
-                name=_require(entry, "name", str, "/api/ps"),
-                digest=_require(entry, "digest", str, "/api/ps"),
-                size_bytes=_require(entry, "size", int, "/api/ps"),
-                vram_bytes=int(entry.get("size_vram") or 0),
-                expires_at=parse_time(entry.get("expires_at")),
-                context_length=context if isinstance(context, int) and context > 0 else None,
-            ))
-        return result
+        return parse_ps(self._call("GET", "/api/ps"))
 
     def show(self, name: str) -> ModelDetails:
-        payload = self._call("POST", "/api/show", {"model": name})
-        if not isinstance(payload, dict):
-            raise OllamaError("Ollama's /api/show answer is not a JSON object")
-        info = payload.get("model_info")
-        return ModelDetails(
-            model_info=info if isinstance(info, dict) else {},
-            parameters=parse_parameters(str(payload.get("parameters") or "")),
-            blob_path=parse_blob_path(str(payload.get("modelfile") or "")),
-        )
+        return parse_show(self._call("POST", "/api/show", {"model": name}))
+
+
+# Parsers of each answer, apart from the transport so that recorded answers render golden files.
+
+
+def parse_version(payload: Any) -> str:
+    return _require(payload, "version", str, "/api/version")
+
+
+def parse_tags(payload: Any) -> list[InstalledModel]:
+    result = []
+    for entry in _require(payload, "models", list, "/api/tags"):
+        details = entry.get("details") if isinstance(entry, dict) else None
+        details = details if isinstance(details, dict) else {}
+        result.append(InstalledModel(
+            name=_require(entry, "name", str, "/api/tags"),
+            digest=_require(entry, "digest", str, "/api/tags"),
+            size_bytes=_require(entry, "size", int, "/api/tags"),
+            family=str(details.get("family") or ""),
+            parameter_size=str(details.get("parameter_size") or ""),
+            quantization_level=str(details.get("quantization_level") or ""),
+        ))
+    return result
+
+
+def _optional_int(entry: dict[str, Any], key: str) -> int | None:
+    value = entry.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def parse_ps(payload: Any) -> list[LoadedModel]:
+    result = []
+    for entry in _require(payload, "models", list, "/api/ps"):
+        result.append(LoadedModel(
+            name=_require(entry, "name", str, "/api/ps"),
+            digest=_require(entry, "digest", str, "/api/ps"),
+            size_bytes=_require(entry, "size", int, "/api/ps"),
+            vram_bytes=_optional_int(entry, "size_vram") or 0,
+            expires_at=parse_time(entry.get("expires_at")),
+            context_length=_optional_int(entry, "context_length") or None,
+        ))
+    return result
+
+
+def parse_show(payload: Any) -> ModelDetails:
+    if not isinstance(payload, dict):
+        raise OllamaError("Ollama's /api/show answer is not a JSON object")
+    info = payload.get("model_info")
+    return ModelDetails(
+        model_info=info if isinstance(info, dict) else {},
+        parameters=parse_parameters(str(payload.get("parameters") or "")),
+        blob_path=parse_blob_path(str(payload.get("modelfile") or "")),
+    )

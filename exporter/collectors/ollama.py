@@ -18,7 +18,7 @@ Check by hand: ``curl -s $OLLAMA_HOST/api/tags``, ``curl -s $OLLAMA_HOST/api/ps`
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
@@ -41,9 +41,11 @@ def seconds_until(expires_at: datetime | None, now: datetime) -> float | None:
 class OllamaCollector(Collector):
     name = "ollama"
 
-    def __init__(self, state: OllamaState, settings: MemoryConfig) -> None:
+    def __init__(self, state: OllamaState, settings: MemoryConfig,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.state = state
         self.settings = settings
+        self.now = now
         self._families: tuple[OllamaSnapshot, list[Metric]] | None = None
 
     def describe(self) -> list[Metric]:
@@ -62,7 +64,7 @@ class OllamaCollector(Collector):
         yield from cached[1]
         expires = GaugeMetricFamily("ollama_model_expires_in_seconds",
                                     "Seconds until Ollama unloads the model (+Inf: kept forever)", labels=["model"])
-        now = datetime.now(UTC)
+        now = self.now()
         for model in snapshot.loaded:
             remaining = seconds_until(model.expires_at, now)
             if remaining is not None:
