@@ -1,4 +1,5 @@
-"""Re-record the Ollama answers the golden test renders: ``.venv/bin/python -m tests.exporter.collectors.golden.record``.
+"""Re-record the Ollama answers the golden test renders:
+``.venv/bin/python -m tests.exporter.collectors.golden.record``.
 
 Answers come from the faithful stand-in (tests/standins), with fixed models, loads and clock, so a diff in
 the recorded JSON is a change of the stand-in and a diff in ``ollama.prom`` a change of the exporter.
