@@ -34,7 +34,7 @@ def test_wheel_installs_under_one_import_name_and_imports(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     location, migrations = result.stdout.split()
     assert location.startswith(str(target))
-    assert migrations == "0001_model_catalogue.sql"
+    assert migrations == ",".join(sorted(p.name for p in (REPO / "migrations").glob("*.sql")))
 
 
 def test_editable_install_imports_from_the_repository(tmp_path: Path) -> None:
@@ -42,4 +42,4 @@ def test_editable_install_imports_from_the_repository(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     location, migrations = result.stdout.split()
     assert location.startswith(str(REPO / "singularity_ops"))
-    assert migrations == "0001_model_catalogue.sql"
+    assert migrations == ",".join(sorted(p.name for p in (REPO / "migrations").glob("*.sql")))

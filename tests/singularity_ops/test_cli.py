@@ -17,6 +17,7 @@ from tests.conftest import free_port
 
 GiB = 2**30
 CLI = [sys.executable, "-m", "singularity_ops.cli"]
+MIGRATIONS = sorted(p.name for p in (Path(__file__).resolve().parents[2] / "migrations").glob("*.sql"))
 
 
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -118,7 +119,7 @@ def test_migrate_against_an_external_server_is_idempotent(database_url: str) -> 
     env = {"SINGULARITY_DATABASE_URL": database_url}
     first = run("migrate", "--json", env=env)
     assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout)["applied"] == ["0001_model_catalogue.sql"]
+    assert json.loads(first.stdout)["applied"] == MIGRATIONS
     assert json.loads(run("migrate", "--json", env=env).stdout)["applied"] == []
 
 
@@ -126,7 +127,7 @@ def test_migrate_starts_the_embedded_server_under_home_and_reuses_it(tmp_path: P
     env = {"SINGULARITY_HOME": str(tmp_path / "home")}
     first = run("migrate", env=env)
     assert first.returncode == 0, first.stderr
-    assert "applied 0001_model_catalogue.sql" in first.stdout
+    assert first.stdout.splitlines() == [f"applied {name}" for name in MIGRATIONS]
     assert (tmp_path / "home" / "postgres" / "PG_VERSION").exists()
     second = run("migrate", env=env)
     assert second.returncode == 0 and second.stdout.startswith("up to date")
