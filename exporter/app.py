@@ -20,6 +20,7 @@ from singularity_ops.exporter.collectors.gpu import GpuCollector
 from singularity_ops.exporter.collectors.host import HostCollector
 from singularity_ops.exporter.collectors.ollama import OllamaCollector
 from singularity_ops.exporter.collectors.runner import RunnerCollector, RunnerScan
+from singularity_ops.exporter.gateway.service import GatewayService
 from singularity_ops.exporter.scrape import ScrapeCollector
 from singularity_ops.ollama_api import OllamaClient
 from singularity_ops.ollama_state import OllamaState
@@ -35,10 +36,11 @@ class Exporter:
     state: OllamaState
     scrape: ScrapeCollector
     catalogue: CatalogueKeeper | None = None
+    gateway: GatewayService | None = None
 
     @classmethod
     def build(cls, config: Config, *, database: Database | None = None, nvml: ModuleType | None = None,
-              with_catalogue: bool = True) -> Exporter:
+              with_catalogue: bool = True, with_gateway: bool = False) -> Exporter:
         client = OllamaClient(config.ollama.host, config.ollama.timeout_seconds)
         state = OllamaState(client, config.ollama.cache_seconds)
         registry = CollectorRegistry(auto_describe=False)
@@ -61,7 +63,8 @@ class Exporter:
             if database is not None:
                 catalogue.database = database
             registry.register(catalogue)
-        return cls(config, registry, state, scrape, catalogue)
+        gateway = GatewayService(config, registry, state) if with_gateway else None
+        return cls(config, registry, state, scrape, catalogue, gateway)
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept or "")
@@ -71,6 +74,7 @@ class Exporter:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/breakers", self._breakers)
         app.router.add_get("/", self._index)
         return app
 
@@ -84,6 +88,11 @@ class Exporter:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
+
+    async def _breakers(self, request: web.Request) -> web.Response:
+        if self.gateway is None:
+            return web.json_response({"error": "this exporter runs without the gateway"}, status=404)
+        return web.json_response({"breakers": self.gateway.breakers.snapshot()})
 
     async def _index(self, request: web.Request) -> web.Response:
         return web.Response(text="Singularity Ops exporter: see /metrics and /healthz\n")
@@ -104,20 +113,32 @@ def open_and_migrate(config: Config) -> Database:
     return database
 
 
-async def serve(exporter: Exporter, stop: asyncio.Event | None = None) -> None:
-    host, port = parse_listen(exporter.config.exporter.metrics_listen)
-    runner = web.AppRunner(exporter.web_app(), access_log=None)
+async def _listen(app: web.Application, address: str, flag: str, runners: list[web.AppRunner],
+                  **options: object) -> None:
+    host, port = parse_listen(address)
+    runner = web.AppRunner(app, access_log=None, **options)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    runners.append(runner)
     try:
-        await site.start()
+        await web.TCPSite(runner, host, port).start()
     except OSError as exc:
-        await runner.cleanup()
-        raise SingularityError(
-            f"cannot listen on {exporter.config.exporter.metrics_listen}: {exc.strerror}; "
-            "choose another address with --metrics-listen"
-        ) from None
-    log.info("exporter serving /metrics on http://%s:%d (ollama %s)", host, port, exporter.config.ollama.host)
+        for started in runners:
+            await started.cleanup()
+        raise SingularityError(f"cannot listen on {address}: {exc.strerror}; choose another address with {flag}") \
+            from None
+
+
+async def serve(exporter: Exporter, stop: asyncio.Event | None = None) -> None:
+    config = exporter.config
+    runners: list[web.AppRunner] = []
+    await _listen(exporter.web_app(), config.exporter.metrics_listen, "--metrics-listen", runners)
+    log.info("exporter serving /metrics on http://%s (ollama %s)", config.exporter.metrics_listen, config.ollama.host)
+    if exporter.gateway is not None:
+        await exporter.gateway.start()
+        # handler_cancellation: a client that disconnects cancels its handler, which closes the upstream call.
+        await _listen(exporter.gateway.gateway.web_app(), config.gateway.listen, "--gateway-listen", runners,
+                      handler_cancellation=True)
+        log.info("gateway listening on http://%s -> %s", config.gateway.listen, config.ollama.host)
     if exporter.catalogue is not None:
         exporter.catalogue.start()
     stop = stop or asyncio.Event()
@@ -129,5 +150,8 @@ async def serve(exporter: Exporter, stop: asyncio.Event | None = None) -> None:
         await stop.wait()
     finally:
         log.info("exporter stopping")
-        await runner.cleanup()
+        for runner in reversed(runners):
+            await runner.cleanup()
+        if exporter.gateway is not None:
+            await exporter.gateway.close()
         exporter.close()

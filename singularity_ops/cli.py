@@ -32,13 +32,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    run = commands.add_parser("run", help="everything on one machine: migrate, then the exporter")
-    run.add_argument("--metrics-listen", metavar="HOST:PORT", help="default 127.0.0.1:9777")
-    _common(run)
+    run = commands.add_parser("run", help="everything on one machine: migrate, then the exporter with the gateway")
+    exporter = commands.add_parser("exporter", help="collectors and /metrics for Prometheus, and the gateway")
+    for parser_ in (run, exporter):
+        parser_.add_argument("--metrics-listen", metavar="HOST:PORT", help="default 127.0.0.1:9777")
+        parser_.add_argument("--gateway-listen", metavar="HOST:PORT",
+                             help="the Ollama-compatible gateway for clients (default 127.0.0.1:11435)")
+        _common(parser_)
 
-    exporter = commands.add_parser("exporter", help="collectors and /metrics for Prometheus")
-    exporter.add_argument("--metrics-listen", metavar="HOST:PORT", help="default 127.0.0.1:9777")
-    _common(exporter)
+    breakers = commands.add_parser("breakers", help="circuit breaker state of the running gateway")
+    breakers.add_argument("--json", action="store_true", help="print the result as JSON")
+    breakers.add_argument("--metrics-listen", metavar="HOST:PORT",
+                          help="where the exporter runs (default 127.0.0.1:9777)")
+    _common(breakers)
 
     migrate = commands.add_parser("migrate", help="apply migrations/*.sql in order, once each")
     migrate.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -58,6 +64,7 @@ def config_from(args: argparse.Namespace) -> Config:
         "home": args.home,
         "logging.level": args.log_level,
         "exporter.metrics_listen": getattr(args, "metrics_listen", None),
+        "gateway.listen": getattr(args, "gateway_listen", None),
     }
     return load_config(flags=flags, config_file=args.config)
 
@@ -149,8 +156,33 @@ def cmd_exporter(config: Config, args: argparse.Namespace) -> int:
         database = open_and_migrate(config)
     except DatabaseError as exc:  # keep serving metrics; the catalogue keeper retries in the background
         log.warning("%s; starting without it and retrying", exc)
-    exporter = Exporter.build(config, database=database)
+    exporter = Exporter.build(config, database=database, with_gateway=True)
     asyncio.run(serve(exporter))
+    return 0
+
+
+def cmd_breakers(config: Config, args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    url = f"http://{config.exporter.metrics_listen}/breakers"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            breakers = json.loads(response.read())["breakers"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+        raise SingularityError(f"cannot read breakers from the exporter at {url} ({exc}); is `singularity-ops run` "
+                               "running there? set --metrics-listen to its address") from None
+    if args.json:
+        print(json.dumps({"breakers": breakers}, indent=2))
+    elif not breakers:
+        print("no breakers yet: none is made before a model's first request")
+    else:
+        table = [["BREAKER", "STATE", "FAILURE RATE", "CALLS", "RETRY IN"]]
+        for row in breakers:
+            retry = row.get("retry_after_seconds") or 0
+            table.append([row["name"], row["state"], f"{row.get('failure_rate', 0):.0%}",
+                          str(row.get("window_calls", 0)), f"{retry} s" if retry else "-"])
+        _print_table(table)
     return 0
 
 
@@ -160,6 +192,7 @@ COMMANDS = {
     "exporter": cmd_exporter,
     "migrate": cmd_migrate,
     "check-memory": cmd_check_memory,
+    "breakers": cmd_breakers,
 }
 
 

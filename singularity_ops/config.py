@@ -54,6 +54,18 @@ def setting(default: Any, *, gt: float | None = None, ge: float | None = None,
     return field(default=default, metadata=metadata)
 
 
+def setting_table(*, gt: float | None = None, ge: float | None = None) -> Any:
+    """A ``{name: value}`` table (empty by default) whose values are checked against the bounds."""
+    metadata = {k: v for k, v in (("gt", gt), ("ge", ge)) if v is not None}
+    return field(default_factory=dict, metadata=metadata)
+
+
+def _at_most(value: float, limit: float) -> float:
+    if value > limit:
+        raise ValueError(f"must be at most {limit}, got {value}")
+    return value
+
+
 def _listen(value: str) -> str:
     parse_listen(value)
     return value
@@ -97,6 +109,51 @@ class ExporterConfig:
 
 
 @dataclass
+class BreakerConfig:
+    window_seconds: float = setting(60.0, gt=0)
+    failure_rate_threshold: float = setting(0.5, gt=0, check=lambda v: _at_most(v, 1.0))
+    minimum_calls: int = setting(5, gt=0)
+    open_seconds: float = setting(30.0, gt=0)
+    half_open_calls: int = setting(3, gt=0)
+
+
+@dataclass
+class GatewayConfig:
+    listen: str = setting("127.0.0.1:11435", check=_listen)
+    max_body_bytes: int = setting(32 * 2**20, gt=0)
+    connect_timeout_seconds: float = setting(5.0, gt=0)
+    # Longest silence allowed between two chunks from Ollama (a cold model load can take minutes).
+    read_timeout_seconds: float = setting(300.0, gt=0)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    # Prompt-token budget per model for /api/chat and /v1/chat/completions; "*" applies to every model.
+    context_budgets: dict[str, int] = setting_table(gt=0)
+
+
+@dataclass
+class HistoryConfig:
+    store_text: bool = True
+    retention_days: int = setting(30, gt=0)
+    memory_rows: int = setting(20_000, gt=0)
+    spill_max_bytes: int = setting(512 * 2**20, gt=0)
+
+
+@dataclass
+class PriceConfig:
+    input_per_million: float = setting(0.0, ge=0)
+    output_per_million: float = setting(0.0, ge=0)
+
+
+@dataclass
+class CostConfig:
+    currency: str = "USD"
+    # Per model (or "*"): what a million tokens would cost — e.g. a hosted API's list price.
+    prices: dict[str, PriceConfig] = field(default_factory=dict)
+    # Energy: GPU power from NVML when a GPU is present, else this wattage, for the request's duration.
+    host_watts: float = setting(0.0, ge=0)
+    energy_price_per_kwh: float = setting(0.0, ge=0)
+
+
+@dataclass
 class LoggingConfig:
     # None: "info" for the long-running commands (run, exporter), "error" for one-shot commands whose
     # own output already says what went wrong.
@@ -110,7 +167,13 @@ class Config:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+_BOOLEANS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
 class _Invalid(ValueError):
@@ -138,7 +201,13 @@ def _coerce(value: Any, kind: Any) -> Any:
         if value not in choices:
             raise _Invalid(f"expected one of {', '.join(map(str, choices))}, got {value!r}")
         return value
-    if kind is bool or isinstance(value, bool):
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
+            return _BOOLEANS[value.strip().lower()]
+        raise _Invalid(f"expected true or false, got {value!r}")
+    if isinstance(value, bool):
         raise _Invalid(f"expected {getattr(kind, '__name__', kind)}, got {value!r}")
     if kind is int:
         if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
@@ -173,21 +242,43 @@ def _build(cls: type, data: Any, path: str, problems: list[str], provenance: dic
         key, kind, raw = f"{path}{name}", hints[name], data[name]
         if dataclasses.is_dataclass(kind):
             values[name] = _build(kind, raw, f"{key}.", problems, provenance)
-            continue
-        origin = f" (from {provenance[key]})" if key in provenance else ""
-        try:
-            value = _coerce(raw, kind)
-            if value is not None and "gt" in spec.metadata and not value > spec.metadata["gt"]:
-                raise _Invalid(f"must be greater than {spec.metadata['gt']}, got {value}")
-            if value is not None and "ge" in spec.metadata and not value >= spec.metadata["ge"]:
-                raise _Invalid(f"must be at least {spec.metadata['ge']}, got {value}")
-            if value is not None and "check" in spec.metadata:
-                value = spec.metadata["check"](value)
-        except (_Invalid, ValueError) as exc:
-            problems.append(f"'{key}'{origin}: {exc}")
-            continue
-        values[name] = value
+        elif typing.get_origin(kind) is dict:  # per-model tables: {model name: value or section}
+            if not isinstance(raw, dict):
+                problems.append(f"'{key}' must be a mapping, got {type(raw).__name__}")
+                continue
+            item_kind = typing.get_args(kind)[1]
+            table = {}
+            for item, item_raw in raw.items():
+                if dataclasses.is_dataclass(item_kind):
+                    table[str(item)] = _build(item_kind, item_raw, f"{key}.{item}.", problems, provenance)
+                else:
+                    table[str(item)] = _checked(item_raw, item_kind, spec, f"{key}.{item}", problems, provenance)
+            values[name] = table
+        else:
+            value = _checked(raw, kind, spec, key, problems, provenance)
+            if value is not _INVALID:
+                values[name] = value
     return cls(**values)
+
+
+_INVALID = object()
+
+
+def _checked(raw: Any, kind: Any, spec: dataclasses.Field, key: str, problems: list[str],
+             provenance: dict[str, str]) -> Any:
+    try:
+        value = _coerce(raw, kind)
+        if value is not None and "gt" in spec.metadata and not value > spec.metadata["gt"]:
+            raise _Invalid(f"must be greater than {spec.metadata['gt']}, got {value}")
+        if value is not None and "ge" in spec.metadata and not value >= spec.metadata["ge"]:
+            raise _Invalid(f"must be at least {spec.metadata['ge']}, got {value}")
+        if value is not None and "check" in spec.metadata:
+            value = spec.metadata["check"](value)
+        return value
+    except (_Invalid, ValueError) as exc:
+        origin = f" (from {provenance[key]})" if key in provenance else ""
+        problems.append(f"'{key}'{origin}: {exc}")
+        return _INVALID
 
 
 # Environment variable → dotted config key. Ollama's own variables are honoured where they mean the same.
@@ -200,6 +291,7 @@ ENVIRONMENT: dict[str, str] = {
     "OLLAMA_NUM_PARALLEL": "memory.num_parallel",
     "OLLAMA_KV_CACHE_TYPE": "memory.kv_cache_type",
     "SINGULARITY_METRICS_LISTEN": "exporter.metrics_listen",
+    "SINGULARITY_GATEWAY_LISTEN": "gateway.listen",
     "SINGULARITY_LOG_LEVEL": "logging.level",
 }
 

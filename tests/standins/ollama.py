@@ -49,6 +49,7 @@ DEFAULT_KEEP_ALIVE_NS = 5 * 60 * 10**9
 FOREVER_NS = 2**63 - 1  # Go's time.Now().Add(math.MaxInt64) for a negative keep_alive
 FAULT_KEY = web.RequestKey("fault", str)  # the fault applied to this request, or None
 CHUNKS_KEY = web.RequestKey("chunks", int)  # chunks streamed so far
+SENT_KEY = web.RequestKey("sent", bytearray)  # bytes streamed so far
 REPLY = ["The", "sky", "is", "blue", "because", "of", "Rayleigh", "scattering."]
 
 _NAME = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,79}/){0,2}[A-Za-z0-9][\w.-]{0,79}(?::\w[\w.-]{0,79})?$")
@@ -279,6 +280,9 @@ class OllamaStandIn:
         self._loaded: dict[str, _Loaded] = {}
         self._lock = threading.Lock()
         self.calls: Counter[str] = Counter()
+        # (path, body bytes) of every answer, streams whole: what a proxy in front must pass on unchanged.
+        self.sent: list[tuple[str, bytes]] = []
+        self.disconnects = 0
         self.fault: str | None = None
         self.faults_by_path: dict[str, str | None] = {}
         self.hang_seconds = 30.0
@@ -475,6 +479,10 @@ class OllamaStandIn:
             return self._error(request, 500, RUNNER_CRASH)
         try:
             response = await handler(request)
+        except (ConnectionResetError, asyncio.CancelledError):
+            with self._lock:
+                self.disconnects += 1  # the client (a proxy, say) went away mid-answer: generation stops
+            raise
         except _Fail as fail:
             response = self._error(request, fail.status, fail.message)
         except web.HTTPNotFound:
@@ -487,6 +495,11 @@ class OllamaStandIn:
             )
         if fault == "reset" and not response.prepared:
             self._reset(request)
+        streamed = request.get(SENT_KEY)
+        body = bytes(streamed) if streamed is not None else getattr(response, "body", None)
+        if isinstance(body, bytes):
+            with self._lock:
+                self.sent.append((request.path, body))
         return response
 
     @staticmethod
@@ -561,6 +574,7 @@ class OllamaStandIn:
         if not response.prepared:
             await response.prepare(request)
         await response.write(chunk)
+        request.setdefault(SENT_KEY, bytearray()).extend(chunk)
         request[CHUNKS_KEY] = request.get(CHUNKS_KEY, 0) + 1
         if request[FAULT_KEY] == "reset" and request[CHUNKS_KEY] >= RESET_AFTER_CHUNKS:
             self._reset(request)
@@ -861,8 +875,8 @@ class OllamaStandIn:
         ):
             return response
         if (body.get("stream_options") or {}).get("include_usage") is True:
-            await response.write(chunk(None, usage=usage))
-        await response.write(b"data: [DONE]\n\n")
+            await self._stream(request, response, chunk(None, usage=usage))
+        await self._stream(request, response, b"data: [DONE]\n\n")
         await response.write_eof()
         return response
 

@@ -1,0 +1,84 @@
+"""Assembles the gateway with its breakers, cost model and history, and keeps its view of Ollama fresh."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from singularity_ops.config import Config
+from singularity_ops.exporter.gateway.breaker import BreakerPolicy, BreakerRegistry, Transition
+from singularity_ops.exporter.gateway.cost import CostModel, nvml_power_watts
+from singularity_ops.exporter.gateway.metering import GatewayMetrics
+from singularity_ops.exporter.gateway.model_names import ModelNames
+from singularity_ops.exporter.gateway.proxy import Gateway
+from singularity_ops.ollama_state import OllamaState
+
+log = logging.getLogger(__name__)
+REFRESH_SECONDS = 5.0
+
+
+class GatewayService:
+    def __init__(self, config: Config, registry: CollectorRegistry, state: OllamaState,
+                 submit_history: Callable[[str, dict[str, Any]], None] | None = None, rollup: Any = None) -> None:
+        self.state = state
+        self.names = ModelNames()
+        self._watts: float | None = None
+        self.submit_history = submit_history
+        policy = config.gateway.breaker
+        self.breakers = BreakerRegistry(
+            BreakerPolicy(window_seconds=policy.window_seconds,
+                          failure_rate_threshold=policy.failure_rate_threshold,
+                          minimum_calls=policy.minimum_calls, open_seconds=policy.open_seconds,
+                          half_open_calls=policy.half_open_calls),
+            on_transition=self._on_transition,
+        )
+        registry.register(self.breakers)
+        self.gateway = Gateway(config, GatewayMetrics(registry), self.names, self.breakers,
+                               CostModel(config.cost, lambda: self._watts), submit_history, rollup)
+        self.rollup = rollup
+        self._task: asyncio.Task[None] | None = None
+
+    def _on_transition(self, transition: Transition) -> None:
+        log.warning("circuit breaker %s: %s -> %s (%s, failure rate %.0f%% over %d calls)", transition.breaker,
+                    transition.from_state, transition.to_state, transition.reason, transition.failure_rate * 100,
+                    transition.window_calls)
+        if self.submit_history is not None:
+            self.submit_history("circuit_breaker_events", {
+                "at": transition.at, "breaker": transition.breaker, "from_state": str(transition.from_state),
+                "to_state": str(transition.to_state), "reason": transition.reason,
+                "failure_rate": transition.failure_rate, "window_calls": transition.window_calls,
+            })
+
+    def refresh(self) -> None:
+        """Blocking: Ollama's model list (for labels) and the GPUs' power (for energy)."""
+        snapshot = self.state.snapshot()
+        if snapshot.up:
+            self.names.update([m.name for m in snapshot.installed])
+        self._watts = nvml_power_watts()
+
+    async def start(self) -> None:
+        await self.gateway.start()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.refresh)
+        self._task = asyncio.create_task(self._refresh_forever())
+
+    async def _refresh_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            try:
+                await loop.run_in_executor(None, self.refresh)
+            except Exception as exc:  # keep the labels we have; the collector reports Ollama's state
+                log.debug("gateway refresh failed: %s", exc)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.gateway.close()
