@@ -157,7 +157,12 @@ def cmd_exporter(config: Config, args: argparse.Namespace) -> int:
     except DatabaseError as exc:  # keep serving metrics; the catalogue keeper retries in the background
         log.warning("%s; starting without it and retrying", exc)
     exporter = Exporter.build(config, database=database, with_gateway=True)
-    asyncio.run(serve(exporter))
+    try:  # libuv's event loop: about half the per-request cost of the gateway's proxy hop
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(exporter))
+    else:
+        uvloop.run(serve(exporter))
     return 0
 
 

@@ -3,6 +3,9 @@ buckets the semantic conventions recommend (gen-ai-metrics.md, "explicit bucket 
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 OPERATION_DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96,
@@ -48,3 +51,14 @@ class GatewayMetrics:
         self.rejected = Counter("singularity_gateway_rejected_requests",
                                 "Requests refused by the gateway itself before reaching Ollama",
                                 ["reason"], registry=registry)
+
+        self._children: dict[Hashable, Any] = {}
+
+    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: label values are bounded (installed models, known endpoints,
+        HTTP statuses), and the lookup is the largest cost of metering a request otherwise."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found

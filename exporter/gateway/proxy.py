@@ -104,9 +104,9 @@ class Gateway:
 
     async def _read_body(self, request: web.Request) -> bytes | None:
         limit = self.config.gateway.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return None
-        body = bytearray()
+        if request.content_length is not None:
+            return None if request.content_length > limit else await request.read()
+        body = bytearray()  # chunked upload: count as it comes
         async for chunk in request.content.iter_any():
             body += chunk
             if len(body) > limit:
@@ -129,7 +129,7 @@ class Gateway:
     async def _handle(self, request: web.Request, outcome: Outcome) -> web.StreamResponse:
         body = await self._read_body(request)
         if body is None:
-            self.metrics.rejected.labels("body_too_large").inc()
+            self.metrics.child(self.metrics.rejected, "body_too_large").inc()
             outcome.status, outcome.error_type = 413, "body_too_large"
             return error_response(413, f"request body too large: the gateway accepts at most "
                                        f"{self.config.gateway.max_body_bytes} bytes (gateway.max_body_bytes)")
@@ -142,7 +142,7 @@ class Gateway:
             if permit is None:
                 seconds = breaker.retry_after_seconds()
                 outcome.status, outcome.error_type = 503, "circuit_open"
-                self.metrics.rejected.labels("circuit_open").inc()
+                self.metrics.child(self.metrics.rejected, "circuit_open").inc()
                 return error_response(503, breaker.rejection_message(), {"Retry-After": str(seconds)})
             if payload is not None:
                 body, strip_usage = self._rewrite(endpoint, payload, body, outcome)
@@ -245,40 +245,41 @@ class Gateway:
         return response
 
     def _record(self, outcome: Outcome) -> None:
+        m = self.metrics
         elapsed = time.perf_counter() - outcome.received
         status = outcome.status or 500
         model = outcome.model
-        self.metrics.requests.labels(model, outcome.label, str(status)).inc()
+        m.child(m.requests, model, outcome.label, str(status)).inc()
         if outcome.endpoint is None:
             return
         usage = outcome.usage
         error_type = outcome.error_type or (str(status) if status >= 400 else (
             "stream_error" if usage.error else ""))
-        self.metrics.operation_duration.labels(model, outcome.endpoint.operation, error_type).observe(elapsed)
+        m.child(m.operation_duration, model, outcome.endpoint.operation, error_type).observe(elapsed)
         input_tokens, output_tokens = usage.input_tokens or 0, usage.output_tokens or 0
         if usage.input_tokens is not None:
-            self.metrics.input_tokens.labels(model).inc(input_tokens)
-            self.metrics.token_usage.labels(model, "input").observe(input_tokens)
+            m.child(m.input_tokens, model).inc(input_tokens)
+            m.child(m.token_usage, model, "input").observe(input_tokens)
         if usage.output_tokens is not None:
-            self.metrics.output_tokens.labels(model).inc(output_tokens)
-            self.metrics.token_usage.labels(model, "output").observe(output_tokens)
+            m.child(m.output_tokens, model).inc(output_tokens)
+            m.child(m.token_usage, model, "output").observe(output_tokens)
         generation = usage.generation_seconds
         ttft = usage.first_content_at - outcome.received if usage.first_content_at is not None else None
         if generation is None and ttft is not None and usage.output_tokens:  # /v1 reports no durations
             generation = max(0.0, elapsed - ttft)
         if generation is not None:
-            self.metrics.generation_seconds.labels(model).inc(generation)
+            m.child(m.generation_seconds, model).inc(generation)
             if output_tokens > 1:
-                self.metrics.time_per_output_token.labels(model).observe(generation / output_tokens)
+                m.child(m.time_per_output_token, model).observe(generation / output_tokens)
         if ttft is not None:
-            self.metrics.time_to_first_token.labels(model).observe(ttft)
+            m.child(m.time_to_first_token, model).observe(ttft)
         if outcome.compression_ratio is not None:
-            self.metrics.compression.labels(model).observe(outcome.compression_ratio)
+            m.child(m.compression, model).observe(outcome.compression_ratio)
         charge = self.cost.charge(model, input_tokens, output_tokens, usage.total_seconds or elapsed)
         if charge.cost:
-            self.metrics.cost.labels(model, self.cost.currency).inc(charge.cost)
+            m.child(m.cost, model, self.cost.currency).inc(charge.cost)
         if charge.energy_joules:
-            self.metrics.energy.labels(model).inc(charge.energy_joules)
+            m.child(m.energy, model).inc(charge.energy_joules)
         tokens_per_second = output_tokens / generation if generation and output_tokens else None
         if self.rollup is not None and status < 400:
             self.rollup.observe(model, at=outcome.at, output_tokens=output_tokens,

@@ -270,6 +270,7 @@ class OllamaStandIn:
         version: str = "0.12.6",
         blobs_dir: str = "/root/.ollama/models/blobs",
         tz: tzinfo | None = None,
+        port: int = 0,
     ) -> None:
         self.version = version
         self.blobs_dir = blobs_dir.rstrip("/")
@@ -292,6 +293,7 @@ class OllamaStandIn:
         self.default_num_ctx = 4096  # Ollama 0.12's default context length
         self.vram_fraction = 0.0  # share of a model Ollama reports in VRAM for API-triggered loads
         self.port = 0
+        self._requested_port = port  # 0: a free one; a fixed port lets a test stop and restart "the same" Ollama
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -364,7 +366,7 @@ class OllamaStandIn:
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", self._requested_port))
         await web.SockSite(self._runner, sock).start()
         self.port = sock.getsockname()[1]
 
