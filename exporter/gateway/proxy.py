@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -29,6 +30,7 @@ from singularity_ops.exporter.gateway.cost import CostModel
 from singularity_ops.exporter.gateway.endpoints import INFERENCE, Dialect, Endpoint, endpoint_label
 from singularity_ops.exporter.gateway.metering import GatewayMetrics
 from singularity_ops.exporter.gateway.model_names import ModelNames
+from singularity_ops.exporter.gateway.tracing import Tracing
 from singularity_ops.exporter.gateway.usage import StreamMeter, Usage, read_body
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class Gateway:
         cost: CostModel,
         submit_history: Callable[[str, dict[str, Any]], None] | None = None,
         rollup: Any = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.config = config
         self.upstream = config.ollama.host
@@ -83,6 +86,9 @@ class Gateway:
         self.cost = cost
         self.submit_history = submit_history
         self.rollup = rollup
+        self.tracing = tracing
+        upstream = urlsplit(self.upstream)
+        self._server = (upstream.hostname, upstream.port)
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -281,6 +287,17 @@ class Gateway:
         if charge.energy_joules:
             m.child(m.energy, model).inc(charge.energy_joules)
         tokens_per_second = output_tokens / generation if generation and output_tokens else None
+        if self.tracing is not None:
+            self.tracing.record(f"{outcome.endpoint.operation} {model}", int(outcome.at.timestamp() * 1e9),
+                                time.time_ns(), {
+                                    "gen_ai.operation.name": outcome.endpoint.operation,
+                                    "gen_ai.provider.name": "ollama", "gen_ai.system": "ollama",
+                                    "gen_ai.request.model": model,
+                                    "gen_ai.usage.input_tokens": usage.input_tokens,
+                                    "gen_ai.usage.output_tokens": usage.output_tokens,
+                                    "server.address": self._server[0], "server.port": self._server[1],
+                                    "http.response.status_code": status, "error.type": error_type or None,
+                                }, outcome.error or usage.error)
         if self.rollup is not None and status < 400:
             self.rollup.observe(model, at=outcome.at, output_tokens=output_tokens,
                                 generation_seconds=generation or 0.0, cost=charge.cost,

@@ -16,6 +16,7 @@ from singularity_ops.exporter.gateway.cost import CostModel, nvml_power_watts
 from singularity_ops.exporter.gateway.metering import GatewayMetrics
 from singularity_ops.exporter.gateway.model_names import ModelNames
 from singularity_ops.exporter.gateway.proxy import Gateway
+from singularity_ops.exporter.gateway.tracing import Tracing
 from singularity_ops.ollama_state import OllamaState
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,9 @@ class GatewayService:
             on_transition=self._on_transition,
         )
         registry.register(self.breakers)
+        self.tracing = Tracing.from_environment()
         self.gateway = Gateway(config, GatewayMetrics(registry), self.names, self.breakers,
-                               CostModel(config.cost, lambda: self._watts), submit_history, rollup)
+                               CostModel(config.cost, lambda: self._watts), submit_history, rollup, self.tracing)
         self.rollup = rollup
         self._task: asyncio.Task[None] | None = None
 
@@ -82,3 +84,5 @@ class GatewayService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.gateway.close()
+        if self.tracing is not None:
+            self.tracing.close()
