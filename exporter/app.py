@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 from dataclasses import dataclass
 from types import ModuleType
 
+import psycopg
 from aiohttp import web
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
@@ -20,6 +22,7 @@ from singularity_ops.exporter.collectors.gpu import GpuCollector
 from singularity_ops.exporter.collectors.host import HostCollector
 from singularity_ops.exporter.collectors.ollama import OllamaCollector
 from singularity_ops.exporter.collectors.runner import RunnerCollector, RunnerScan
+from singularity_ops.exporter.gateway.history import HistoryWriter
 from singularity_ops.exporter.gateway.service import GatewayService
 from singularity_ops.exporter.scrape import ScrapeCollector
 from singularity_ops.ollama_api import OllamaClient
@@ -40,7 +43,7 @@ class Exporter:
 
     @classmethod
     def build(cls, config: Config, *, database: Database | None = None, nvml: ModuleType | None = None,
-              with_catalogue: bool = True, with_gateway: bool = False) -> Exporter:
+              with_catalogue: bool = True, with_gateway: bool = False, with_history: bool = False) -> Exporter:
         client = OllamaClient(config.ollama.host, config.ollama.timeout_seconds)
         state = OllamaState(client, config.ollama.cache_seconds)
         registry = CollectorRegistry(auto_describe=False)
@@ -57,13 +60,21 @@ class Exporter:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
+        handle = DatabaseHandle(config, database)
         catalogue = None
         if with_catalogue:
-            catalogue = CatalogueKeeper(lambda: database or open_and_migrate(config), state, config.memory)
-            if database is not None:
-                catalogue.database = database
+            catalogue = CatalogueKeeper(handle.get, state, config.memory)
             registry.register(catalogue)
-        gateway = GatewayService(config, registry, state) if with_gateway else None
+        gateway = None
+        if with_gateway:
+            history = None
+            if with_history:
+                history = HistoryWriter(handle.connect, config.home / "history-spill",
+                                        memory_rows=config.history.memory_rows,
+                                        spill_max_bytes=config.history.spill_max_bytes,
+                                        retention_days=config.history.retention_days)
+                registry.register(history)
+            gateway = GatewayService(config, registry, state, history)
         return cls(config, registry, state, scrape, catalogue, gateway)
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
@@ -111,6 +122,25 @@ def open_and_migrate(config: Config) -> Database:
     with database.connect() as conn:
         migrate(conn)
     return database
+
+
+class DatabaseHandle:
+    """The history database, opened and migrated on the first success and shared by its users (the catalogue,
+    the history writer), each of which retries in its own thread while it is unreachable."""
+
+    def __init__(self, config: Config, database: Database | None = None) -> None:
+        self.config = config
+        self._database = database
+        self._lock = threading.Lock()
+
+    def get(self) -> Database:
+        with self._lock:
+            if self._database is None:
+                self._database = open_and_migrate(self.config)
+            return self._database
+
+    def connect(self) -> psycopg.Connection:
+        return self.get().connect()
 
 
 async def _listen(app: web.Application, address: str, flag: str, runners: list[web.AppRunner],

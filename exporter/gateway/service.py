@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
+import psutil
 from prometheus_client import CollectorRegistry
 
 from singularity_ops.config import Config
 from singularity_ops.exporter.gateway.breaker import BreakerPolicy, BreakerRegistry, Transition
 from singularity_ops.exporter.gateway.cost import CostModel, nvml_power_watts
+from singularity_ops.exporter.gateway.history import HistoryWriter
 from singularity_ops.exporter.gateway.metering import GatewayMetrics
 from singularity_ops.exporter.gateway.model_names import ModelNames
 from singularity_ops.exporter.gateway.proxy import Gateway
+from singularity_ops.exporter.gateway.rollup import MinuteRollup
 from singularity_ops.exporter.gateway.tracing import Tracing
 from singularity_ops.ollama_state import OllamaState
 
@@ -23,13 +25,33 @@ log = logging.getLogger(__name__)
 REFRESH_SECONDS = 5.0
 
 
+def read_temperatures() -> tuple[float | None, float | None]:
+    """The hottest CPU sensor and the hottest GPU, each None without sensors."""
+    readings = psutil.sensors_temperatures() if hasattr(psutil, "sensors_temperatures") else {}
+    cpu = max((s.current for sensors in readings.values() for s in sensors), default=None)
+    gpu = None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        gpu = max((float(pynvml.nvmlDeviceGetTemperature(pynvml.nvmlDeviceGetHandleByIndex(i),
+                                                          pynvml.NVML_TEMPERATURE_GPU))
+                   for i in range(pynvml.nvmlDeviceGetCount())), default=None)
+    except Exception:
+        pass
+    return cpu, gpu
+
+
 class GatewayService:
     def __init__(self, config: Config, registry: CollectorRegistry, state: OllamaState,
-                 submit_history: Callable[[str, dict[str, Any]], None] | None = None, rollup: Any = None) -> None:
+                 history: HistoryWriter | None = None) -> None:
         self.state = state
         self.names = ModelNames()
         self._watts: float | None = None
-        self.submit_history = submit_history
+        self._temperatures: tuple[float | None, float | None] | None = None
+        self.history = history
+        self.submit_history = history.submit if history is not None else None
+        rollup = MinuteRollup(lambda: self._temperatures) if history is not None else None
         policy = config.gateway.breaker
         self.breakers = BreakerRegistry(
             BreakerPolicy(window_seconds=policy.window_seconds,
@@ -41,7 +63,8 @@ class GatewayService:
         registry.register(self.breakers)
         self.tracing = Tracing.from_environment()
         self.gateway = Gateway(config, GatewayMetrics(registry), self.names, self.breakers,
-                               CostModel(config.cost, lambda: self._watts), submit_history, rollup, self.tracing)
+                               CostModel(config.cost, lambda: self._watts), self.submit_history, rollup,
+                               self.tracing)
         self.rollup = rollup
         self._task: asyncio.Task[None] | None = None
 
@@ -57,13 +80,22 @@ class GatewayService:
             })
 
     def refresh(self) -> None:
-        """Blocking: Ollama's model list (for labels) and the GPUs' power (for energy)."""
+        """Blocking: Ollama's model list (for labels), the GPUs' power (for energy), temperatures (for rollups)."""
         snapshot = self.state.snapshot()
         if snapshot.up:
             self.names.update([m.name for m in snapshot.installed])
         self._watts = nvml_power_watts()
+        self._temperatures = read_temperatures()
+
+    def close_minutes(self) -> None:
+        """Per-minute rollups of the minutes that are over, to ``real_time_metrics`` (event loop only)."""
+        if self.rollup is not None and self.submit_history is not None:
+            for row in self.rollup.close_minutes(datetime.now(UTC)):
+                self.submit_history("real_time_metrics", row)
 
     async def start(self) -> None:
+        if self.history is not None:
+            self.history.start()
         await self.gateway.start()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.refresh)
@@ -77,6 +109,7 @@ class GatewayService:
                 await loop.run_in_executor(None, self.refresh)
             except Exception as exc:  # keep the labels we have; the collector reports Ollama's state
                 log.debug("gateway refresh failed: %s", exc)
+            self.close_minutes()
 
     async def close(self) -> None:
         if self._task is not None:
@@ -86,3 +119,8 @@ class GatewayService:
         await self.gateway.close()
         if self.tracing is not None:
             self.tracing.close()
+        if self.history is not None:
+            if self.rollup is not None:  # the minute in progress too: it would be lost otherwise
+                for row in self.rollup.close_minutes(datetime.now(UTC) + timedelta(minutes=1)):
+                    self.history.submit("real_time_metrics", row)
+            await asyncio.get_running_loop().run_in_executor(None, self.history.stop)
