@@ -127,6 +127,8 @@ class GatewayConfig:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     # Prompt-token budget per model for /api/chat and /v1/chat/completions; "*" applies to every model.
     context_budgets: dict[str, int] = setting_table(gt=0)
+    # An installed model that summarises the turns compression drops, instead of losing them.
+    summariser_model: str | None = None
 
 
 @dataclass

@@ -36,6 +36,7 @@ class Compressed:
     original_tokens: int
     sent_tokens: int
     dropped: int
+    dropped_messages: tuple[Any, ...] = ()
 
     @property
     def ratio(self) -> float:
@@ -67,4 +68,30 @@ def compress(messages: list[Any], budget: int) -> Compressed:
     while len(turns) > 1 and _role(messages[turns[-1]]) == "tool":
         total -= costs[turns.pop()]
     kept = sorted(system | set(turns))
-    return Compressed([messages[i] for i in kept], original, total, len(messages) - len(kept))
+    dropped = tuple(m for i, m in enumerate(messages) if i not in kept and i not in system)
+    return Compressed([messages[i] for i in kept], original, total, len(messages) - len(kept), dropped)
+
+
+SUMMARY_PREFIX = "Summary of the earlier conversation: "
+SUMMARISE_INSTRUCTION = ("Summarise the conversation below in a few sentences for the assistant that continues it. "
+                         "Keep facts, names, numbers, decisions and open questions; no preamble.")
+
+
+def transcript(messages: tuple[Any, ...]) -> str:
+    lines = []
+    for message in messages:
+        if isinstance(message, dict):
+            content = message.get("content")
+            text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+            lines.append(f"{message.get('role', 'user')}: {text}")
+    return "\n".join(lines)
+
+
+def with_summary(compressed: Compressed, summary: str) -> Compressed:
+    """The kept messages with the summary of the dropped ones as a system message after the original system
+    messages (so it reads as context, before the turns it summarises would have been)."""
+    note = {"role": "system", "content": SUMMARY_PREFIX + summary.strip()}
+    position = next((i for i, m in enumerate(compressed.messages) if _role(m) != "system"), len(compressed.messages))
+    messages = [*compressed.messages[:position], note, *compressed.messages[position:]]
+    return Compressed(messages, compressed.original_tokens, compressed.sent_tokens + message_tokens(note),
+                      compressed.dropped, compressed.dropped_messages)

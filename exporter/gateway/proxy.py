@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from singularity_ops.config import Config
-from singularity_ops.exporter.gateway.compression import compress
+from singularity_ops.exporter.gateway.compression import SUMMARISE_INSTRUCTION, compress, transcript, with_summary
 from singularity_ops.exporter.gateway.cost import CostModel
 from singularity_ops.exporter.gateway.endpoints import INFERENCE, Dialect, Endpoint, endpoint_label
 from singularity_ops.exporter.gateway.metering import GatewayMetrics
@@ -151,7 +151,7 @@ class Gateway:
                 self.metrics.child(self.metrics.rejected, "circuit_open").inc()
                 return error_response(503, breaker.rejection_message(), {"Retry-After": str(seconds)})
             if payload is not None:
-                body, strip_usage = self._rewrite(endpoint, payload, body, outcome)
+                body, strip_usage = await self._rewrite(endpoint, payload, body, outcome)
         try:
             response = await self._forward(request, body, outcome, strip_usage)
         except asyncio.CancelledError:
@@ -163,8 +163,8 @@ class Gateway:
             _settle(permit, outcome)
         return response
 
-    def _rewrite(self, endpoint: Endpoint, payload: dict[str, Any], body: bytes,
-                 outcome: Outcome) -> tuple[bytes, bool]:
+    async def _rewrite(self, endpoint: Endpoint, payload: dict[str, Any], body: bytes,
+                       outcome: Outcome) -> tuple[bytes, bool]:
         """Compression of chat history and, for OpenAI streams, asking Ollama for usage."""
         changed, strip_usage = False, False
         prompt: Any = payload.get("messages") if endpoint.chat else payload.get("prompt", payload.get("input"))
@@ -179,6 +179,10 @@ class Gateway:
         if endpoint.chat and isinstance(messages, list):
             if budget:
                 compressed = compress(messages, budget)
+                if compressed.dropped_messages and self.config.gateway.summariser_model:
+                    summary = await self._summarise(compressed.dropped_messages)
+                    if summary:
+                        compressed = with_summary(compressed, summary)
                 outcome.compression_ratio = compressed.ratio
                 if compressed.dropped:
                     payload["messages"] = compressed.messages
@@ -191,6 +195,24 @@ class Gateway:
                 payload["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
                 changed, strip_usage = True, True
         return (json.dumps(payload).encode() if changed else body), strip_usage
+
+    async def _summarise(self, dropped: tuple[Any, ...]) -> str | None:
+        """The dropped turns summarised by ``gateway.summariser_model``; None (plain dropping) if that fails."""
+        assert self.session is not None
+        model = self.config.gateway.summariser_model
+        request = {"model": model, "stream": False, "messages": [
+            {"role": "system", "content": SUMMARISE_INSTRUCTION}, {"role": "user", "content": transcript(dropped)}]}
+        try:
+            async with self.session.post(self.upstream + "/api/chat", json=request) as reply:
+                answer = await reply.json(content_type=None) if reply.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning("summariser %s failed (%s); dropping the oldest turns instead", model, exc)
+            return None
+        content = (answer or {}).get("message", {}).get("content") if isinstance(answer, dict) else None
+        if not isinstance(content, str) or not content.strip():
+            log.warning("summariser %s gave no summary; dropping the oldest turns instead", model)
+            return None
+        return content
 
     async def _forward(self, request: web.Request, body: bytes, outcome: Outcome,
                        strip_usage: bool) -> web.StreamResponse:

@@ -284,6 +284,7 @@ class OllamaStandIn:
         # (path, body bytes) of every answer, streams whole: what a proxy in front must pass on unchanged.
         self.sent: list[tuple[str, bytes]] = []
         self.disconnects = 0
+        self.received: list[tuple[str, bytes]] = []  # (path, request body) as they arrived
         self.fault: str | None = None
         self.faults_by_path: dict[str, str | None] = {}
         self.hang_seconds = 30.0
@@ -467,8 +468,10 @@ class OllamaStandIn:
         sock = request.transport.get_extra_info("socket") if request.transport else None
         if sock is not None:  # as Go's net/http does (aiohttp already does too; stated, not assumed)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        body = await request.read() if request.can_read_body else b""
         with self._lock:
             self.calls[request.path] += 1
+            self.received.append((request.path, body))
         fault = self.faults_by_path.get(request.path, self.fault)
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; expected one of {FAULTS}")
