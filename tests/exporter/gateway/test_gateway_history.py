@@ -89,3 +89,14 @@ def test_a_database_outage_loses_no_request(gateway_with_history, database_url: 
     counts = rows(database_url, "SELECT count(*), count(DISTINCT id) FROM requests")
     assert counts == [(41, 41)]
     assert gateway.value("singularity_history_queue_rows") == 0
+
+
+def test_per_minute_rollups_reach_real_time_metrics(gateway_with_history, database_url: str) -> None:
+    gateway = gateway_with_history()
+    for _ in range(3):
+        httpx.post(gateway.gateway_url + "/api/generate", json={"model": MODEL, "prompt": "x", "stream": False})
+    gateway.__exit__(None, None, None)  # stopping closes the minute in progress and flushes it
+    ((model, requests, tokens_per_second, cost_per_response),) = rows(
+        database_url, "SELECT model, requests, tokens_per_second, cost_per_response FROM real_time_metrics")
+    assert (model, requests) == (MODEL, 3)
+    assert tokens_per_second > 0 and cost_per_response > 0

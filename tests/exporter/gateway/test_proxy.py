@@ -201,3 +201,14 @@ def test_fuzzed_bodies_get_json_4xx_never_a_5xx_from_the_gateway(gateway, path: 
     if reply.status_code >= 400:
         error = reply.json()["error"]
         assert error
+
+
+def test_a_hanging_ollama_is_a_504_after_the_read_timeout(make_gateway, ollama) -> None:
+    gateway = make_gateway(**{"gateway.read_timeout_seconds": 0.5})
+    ollama.hang_seconds = 3
+    ollama.fault = "hang"
+    started = time.perf_counter()
+    reply = httpx.post(gateway.gateway_url + "/api/generate", json={"model": MODEL, "prompt": "x"}, timeout=30)
+    assert reply.status_code == 504
+    assert "sent nothing for 0.5 s" in reply.json()["error"]
+    assert time.perf_counter() - started < 2.5
