@@ -17,6 +17,7 @@ from prometheus_client.exposition import choose_encoder
 
 from singularity_ops.config import Config, parse_listen
 from singularity_ops.errors import SingularityError
+from singularity_ops.exporter.alert_thresholds import AlertThresholds
 from singularity_ops.exporter.catalogue import CatalogueKeeper
 from singularity_ops.exporter.collectors.gpu import GpuCollector
 from singularity_ops.exporter.collectors.host import HostCollector
@@ -57,6 +58,7 @@ class Exporter:
             timeout_seconds=config.exporter.collector_timeout_seconds,
         )
         registry.register(scrape)
+        registry.register(AlertThresholds(config.alerts.thresholds))
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)

@@ -156,6 +156,15 @@ class CostConfig:
 
 
 @dataclass
+class AlertsConfig:
+    # Alert name -> threshold, published as singularity_alert_threshold{alert=...}; the rules use their
+    # documented default for any alert not listed (docs/ALERTS.md).
+    thresholds: dict[str, float] = setting_table()
+    # Where controllers push alerts for events that are not metrics (Alertmanager's v2 API).
+    alertmanager_url: str = "http://127.0.0.1:9093"
+
+
+@dataclass
 class LoggingConfig:
     # None: "info" for the long-running commands (run, exporter), "error" for one-shot commands whose
     # own output already says what went wrong.
@@ -172,6 +181,7 @@ class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     cost: CostConfig = field(default_factory=CostConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -294,6 +304,7 @@ ENVIRONMENT: dict[str, str] = {
     "OLLAMA_KV_CACHE_TYPE": "memory.kv_cache_type",
     "SINGULARITY_METRICS_LISTEN": "exporter.metrics_listen",
     "SINGULARITY_GATEWAY_LISTEN": "gateway.listen",
+    "SINGULARITY_ALERTMANAGER_URL": "alerts.alertmanager_url",
     "SINGULARITY_LOG_LEVEL": "logging.level",
 }
 

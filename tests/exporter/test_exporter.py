@@ -162,3 +162,13 @@ def test_openmetrics_is_served_when_asked_for(exporter: Running) -> None:
 
 def test_healthz_answers(exporter: Running) -> None:
     assert httpx.get(exporter.url + "/healthz").json() == {"status": "ok"}
+
+
+def test_configured_alert_thresholds_are_published(ollama, clean_env, tmp_path) -> None:
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("alerts:\n  thresholds:\n    HostMemoryHigh: 0.85\n    TemperatureHigh: 80\n")
+    config = load_config(config_file=config_file, environ={
+        "OLLAMA_HOST": ollama.host, "SINGULARITY_METRICS_LISTEN": f"127.0.0.1:{free_port()}"})
+    with Running(Exporter.build(config, with_catalogue=False)) as running:
+        assert series(running.scrape(), "singularity_alert_threshold") == {
+            '{alert="HostMemoryHigh"}': 0.85, '{alert="TemperatureHigh"}': 80.0}
