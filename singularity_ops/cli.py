@@ -40,6 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
                              help="the Ollama-compatible gateway for clients (default 127.0.0.1:11435)")
         _common(parser_)
 
+    stack = commands.add_parser("stack", help="Prometheus + Alertmanager from PATH with this repo's rules, on loopback")
+    stack.add_argument("--metrics-listen", metavar="HOST:PORT", help="the exporter to scrape (default 127.0.0.1:9777)")
+    stack.add_argument("--prometheus-listen", metavar="HOST:PORT", default="127.0.0.1:9090")
+    stack.add_argument("--alertmanager-listen", metavar="HOST:PORT", default="127.0.0.1:9093")
+    stack.add_argument("--scrape-interval", default="15s", help="also the rule evaluation interval (default 15s)")
+    stack.add_argument("--group-wait", metavar="DURATION", help="Alertmanager's group_wait (default: its config)")
+    stack.add_argument("--group-interval", metavar="DURATION",
+                       help="Alertmanager's group_interval (default: its config)")
+    stack.add_argument("--config-dir", metavar="DIR", help="folder holding prometheus/ and alertmanager/ "
+                       "(default: this checkout)")
+    _common(stack)
+
     breakers = commands.add_parser("breakers", help="circuit breaker state of the running gateway")
     breakers.add_argument("--json", action="store_true", help="print the result as JSON")
     breakers.add_argument("--metrics-listen", metavar="HOST:PORT",
@@ -191,13 +203,26 @@ def cmd_breakers(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-LONG_RUNNING = {"run", "exporter"}
+def cmd_stack(config: Config, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from singularity_ops.stack import REPO, StackOptions, run_stack
+
+    options = StackOptions(prometheus_listen=args.prometheus_listen, alertmanager_listen=args.alertmanager_listen,
+                           scrape_interval=args.scrape_interval, evaluation_interval=args.scrape_interval,
+                           config_dir=Path(args.config_dir) if args.config_dir else REPO,
+                           group_wait=args.group_wait, group_interval=args.group_interval)
+    return run_stack(config, options)
+
+
+LONG_RUNNING = {"run", "exporter", "stack"}
 COMMANDS = {
     "run": cmd_exporter,
     "exporter": cmd_exporter,
     "migrate": cmd_migrate,
     "check-memory": cmd_check_memory,
     "breakers": cmd_breakers,
+    "stack": cmd_stack,
 }
 
 
