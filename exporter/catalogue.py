@@ -88,7 +88,7 @@ class CatalogueKeeper(Collector):
             if self.database is None:
                 self.database = self._connect()
             snapshot = self.state.snapshot()
-            with self.database.pool.connection() as conn:
+            with self.database.connect() as conn:
                 if snapshot.up:
                     key = frozenset((m.name, m.digest) for m in snapshot.installed)
                     if key != self._written:
@@ -103,7 +103,7 @@ class CatalogueKeeper(Collector):
             self.up = True
         except (SingularityError, psycopg.Error, OSError) as exc:
             self._down(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        except Exception as exc:  # the pool's PoolTimeout and friends: never let the thread die
+        except Exception as exc:  # whatever it is, never let the thread die
             self._down(type(exc).__name__)
 
     def _down(self, reason: str) -> None:

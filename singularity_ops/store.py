@@ -11,13 +11,15 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
 
 from singularity_ops.config import DatabaseConfig
 from singularity_ops.errors import DatabaseError
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,11 @@ class Database:
 
     @property
     def pool(self) -> ConnectionPool:
+        """Pooled connections for callers that need several at once; imported on first use, since the exporter's
+        own writers each keep one connection and the pool's modules would cost it RSS for nothing."""
         if self._pool is None:
+            from psycopg_pool import ConnectionPool
+
             self._pool = ConnectionPool(
                 self.url,
                 min_size=self.config.pool_min_size,
