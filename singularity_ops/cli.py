@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="where the exporter runs (default 127.0.0.1:9777)")
     _common(breakers)
 
+    controller = commands.add_parser("controller", help="run one controller as its own process")
+    controller.add_argument("name", metavar="NAME", help="one of: " + (", ".join(sorted(_controllers())) or "none yet"))
+    _common(controller)
+
     migrate = commands.add_parser("migrate", help="apply migrations/*.sql in order, once each")
     migrate.add_argument("--json", action="store_true", help="print the result as JSON")
     _common(migrate)
@@ -68,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--fail-on-misfit", action="store_true", help="exit 1 when a model does not fit")
     _common(check)
     return parser
+
+
+def _controllers() -> list[str]:
+    from singularity_ops.controllers.registry import load_all
+
+    return list(load_all())
 
 
 def config_from(args: argparse.Namespace) -> Config:
@@ -160,6 +171,40 @@ def cmd_check_memory(config: Config, args: argparse.Namespace) -> int:
     return 1 if args.fail_on_misfit and any(not row.fit.fits for row in rows) else 0
 
 
+def start_controllers(config: Config, names: list[str], stop: threading.Event) -> list[threading.Thread]:
+    from singularity_ops.controllers.base import run_forever
+    from singularity_ops.controllers.registry import load_all
+
+    factories = load_all()
+    threads = []
+    for name in names:
+        controller = factories[name](config)
+        thread = threading.Thread(target=run_forever, args=(controller, stop), name=f"controller-{name}", daemon=True)
+        thread.start()
+        threads.append(thread)
+        log.info("controller %s started (every %g s)", name, controller.interval_seconds)
+    return threads
+
+
+def cmd_controller(config: Config, args: argparse.Namespace) -> int:
+    import signal
+
+    from singularity_ops.controllers.registry import load_all
+
+    if args.name not in load_all():
+        known = ", ".join(sorted(load_all())) or "none yet"
+        raise SingularityError(f"no controller named '{args.name}'; known: {known}")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    threads = start_controllers(config, [args.name], stop)
+    while not stop.wait(0.5) and any(t.is_alive() for t in threads):
+        pass
+    for thread in threads:
+        thread.join(30)
+    return 0
+
+
 def cmd_exporter(config: Config, args: argparse.Namespace) -> int:
     from singularity_ops.exporter.app import Exporter, open_and_migrate, serve
 
@@ -169,12 +214,18 @@ def cmd_exporter(config: Config, args: argparse.Namespace) -> int:
     except DatabaseError as exc:  # keep serving metrics; the catalogue keeper retries in the background
         log.warning("%s; starting without it and retrying", exc)
     exporter = Exporter.build(config, database=database, with_gateway=True, with_history=True)
+    stop_controllers = threading.Event()
+    if args.command == "run":
+        from singularity_ops.controllers.registry import load_all
+
+        start_controllers(config, sorted(load_all()), stop_controllers)
     try:  # libuv's event loop when installed (pip install 'singularity-ops[uvloop]'): a slightly cheaper proxy hop
         import uvloop
     except ImportError:
         asyncio.run(serve(exporter))
     else:
         uvloop.run(serve(exporter))
+    stop_controllers.set()
     return 0
 
 
@@ -215,12 +266,13 @@ def cmd_stack(config: Config, args: argparse.Namespace) -> int:
     return run_stack(config, options)
 
 
-LONG_RUNNING = {"run", "exporter", "stack"}
+LONG_RUNNING = {"run", "exporter", "stack", "controller"}
 COMMANDS = {
     "run": cmd_exporter,
     "exporter": cmd_exporter,
     "migrate": cmd_migrate,
     "check-memory": cmd_check_memory,
+    "controller": cmd_controller,
     "breakers": cmd_breakers,
     "stack": cmd_stack,
 }
