@@ -178,15 +178,15 @@ class Stack:
 
 
 def run_stack(config: Config, options: StackOptions) -> int:
+    stop = threading.Event()  # before anything starts: a SIGTERM during start-up still stops cleanly
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     stack = Stack(config, options).start()
     print(f"Prometheus:   http://{options.prometheus_listen}  (scraping the exporter at "
           f"{config.exporter.metrics_listen})")
     print(f"Alertmanager: http://{options.alertmanager_listen}  (Telegram: "
           f"{'on' if stack.telegram else 'off, set TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID'})")
     print(f"data and logs: {stack.directory}; Ctrl-C stops both", flush=True)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     try:
         exited = stack.wait(stop)
     finally:
