@@ -14,8 +14,10 @@ import psycopg
 from aiohttp import web
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from singularity_ops.config import Config, parse_listen
+from singularity_ops.controllers.model_metrics import ModelManagerCollector
 from singularity_ops.errors import SingularityError
 from singularity_ops.exporter.alert_thresholds import AlertThresholds
 from singularity_ops.exporter.catalogue import CatalogueKeeper
@@ -48,21 +50,21 @@ class Exporter:
         client = OllamaClient(config.ollama.host, config.ollama.timeout_seconds)
         state = OllamaState(client, config.ollama.cache_seconds)
         registry = CollectorRegistry(auto_describe=False)
-        scrape = ScrapeCollector(
-            [
-                OllamaCollector(state, config.memory),
-                RunnerCollector(state, RunnerScan(config.ollama.cache_seconds)),
-                HostCollector(),
-                GpuCollector(nvml),
-            ],
-            timeout_seconds=config.exporter.collector_timeout_seconds,
-        )
+        handle = DatabaseHandle(config, database)
+        collectors: list[Collector] = [
+            OllamaCollector(state, config.memory),
+            RunnerCollector(state, RunnerScan(config.ollama.cache_seconds)),
+            HostCollector(),
+            GpuCollector(nvml),
+        ]
+        if with_catalogue:  # the manager's decisions are in the database, whichever process made them
+            collectors.append(ModelManagerCollector(handle.connect, [p.name for p in config.model_manager.profiles]))
+        scrape = ScrapeCollector(collectors, timeout_seconds=config.exporter.collector_timeout_seconds)
         registry.register(scrape)
         registry.register(AlertThresholds(config.alerts.thresholds))
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
-        handle = DatabaseHandle(config, database)
         catalogue = None
         if with_catalogue:
             catalogue = CatalogueKeeper(handle.get, state, config.memory)
@@ -162,6 +164,11 @@ async def _listen(app: web.Application, address: str, flag: str, runners: list[w
 
 async def serve(exporter: Exporter, stop: asyncio.Event | None = None) -> None:
     config = exporter.config
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # first: a SIGTERM during start-up still stops cleanly
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not in the main thread
+            loop.add_signal_handler(signum, stop.set)
     runners: list[web.AppRunner] = []
     await _listen(exporter.web_app(), config.exporter.metrics_listen, "--metrics-listen", runners)
     log.info("exporter serving /metrics on http://%s (ollama %s)", config.exporter.metrics_listen, config.ollama.host)
@@ -173,11 +180,6 @@ async def serve(exporter: Exporter, stop: asyncio.Event | None = None) -> None:
         log.info("gateway listening on http://%s -> %s", config.gateway.listen, config.ollama.host)
     if exporter.catalogue is not None:
         exporter.catalogue.start()
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not in the main thread
-            loop.add_signal_handler(signum, stop.set)
     try:
         await stop.wait()
     finally:
