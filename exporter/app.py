@@ -17,6 +17,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from singularity_ops.config import Config, parse_listen
+from singularity_ops.controllers.backup_metrics import BackupCollector
 from singularity_ops.controllers.model_metrics import ModelManagerCollector
 from singularity_ops.errors import SingularityError
 from singularity_ops.exporter.alert_thresholds import AlertThresholds
@@ -59,6 +60,7 @@ class Exporter:
         ]
         if with_catalogue:  # the manager's decisions are in the database, whichever process made them
             collectors.append(ModelManagerCollector(handle.connect, [p.name for p in config.model_manager.profiles]))
+            collectors.append(BackupCollector(handle.connect, config.backup))
         scrape = ScrapeCollector(collectors, timeout_seconds=config.exporter.collector_timeout_seconds)
         registry.register(scrape)
         registry.register(AlertThresholds(config.alerts.thresholds))

@@ -61,7 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     controller = commands.add_parser("controller", help="run one controller as its own process")
     controller.add_argument("name", metavar="NAME", help="one of: " + (", ".join(sorted(_controllers())) or "none yet"))
+    controller.add_argument("--dry-run", action="store_true", default=None,
+                            help="decide and record, but change nothing (the model manager)")
     _common(controller)
+
+    from singularity_ops import models_cli
+
+    models_cli.add_parser(commands, _common)
+
+    from singularity_ops import backup_cli
+
+    backup_cli.add_parser(commands, _common)
+
+    from singularity_ops import security_cli
+
+    security_cli.add_parser(commands, _common)
 
     migrate = commands.add_parser("migrate", help="apply migrations/*.sql in order, once each")
     migrate.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -88,6 +102,7 @@ def config_from(args: argparse.Namespace) -> Config:
         "logging.level": args.log_level,
         "exporter.metrics_listen": getattr(args, "metrics_listen", None),
         "gateway.listen": getattr(args, "gateway_listen", None),
+        "model_manager.dry_run": getattr(args, "dry_run", None),
     }
     return load_config(flags=flags, config_file=args.config)
 
@@ -266,6 +281,24 @@ def cmd_stack(config: Config, args: argparse.Namespace) -> int:
     return run_stack(config, options)
 
 
+def _models(config: Config, args: argparse.Namespace) -> int:
+    from singularity_ops import models_cli
+
+    return models_cli.run(config, args)
+
+
+def _backup(config: Config, args: argparse.Namespace) -> int:
+    from singularity_ops import backup_cli
+
+    return backup_cli.run(config, args)
+
+
+def _security(config: Config, args: argparse.Namespace) -> int:
+    from singularity_ops import security_cli
+
+    return security_cli.run(config, args)
+
+
 LONG_RUNNING = {"run", "exporter", "stack", "controller"}
 COMMANDS = {
     "run": cmd_exporter,
@@ -273,6 +306,9 @@ COMMANDS = {
     "migrate": cmd_migrate,
     "check-memory": cmd_check_memory,
     "controller": cmd_controller,
+    "models": _models,
+    "backup": _backup,
+    "security": _security,
     "breakers": cmd_breakers,
     "stack": cmd_stack,
 }

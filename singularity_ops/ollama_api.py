@@ -193,6 +193,20 @@ class OllamaClient:
     def show(self, name: str) -> ModelDetails:
         return parse_show(self._call("POST", "/api/show", {"model": name}))
 
+    def load(self, name: str, keep_alive: str | int) -> None:
+        """Load the model and keep it ``keep_alive`` (a Go duration, or seconds; negative: forever): a generate
+        request without a prompt. Embedding-only models refuse generate, so they are loaded by an empty embed."""
+        try:
+            self._call("POST", "/api/generate", {"model": name, "keep_alive": keep_alive})
+        except OllamaError as exc:
+            if "does not support generate" not in str(exc):
+                raise
+            self._call("POST", "/api/embed", {"model": name, "input": [], "keep_alive": keep_alive})
+
+    def unload(self, name: str) -> None:
+        """Unload the model now: a generate request without a prompt and ``keep_alive: 0``."""
+        self._call("POST", "/api/generate", {"model": name, "keep_alive": 0})
+
 
 # Parsers of each answer, apart from the transport so that recorded answers render golden files.
 

@@ -82,9 +82,17 @@ COLUMNS: dict[str, frozenset[str]] = {
     "circuit_breaker_events": frozenset({
         "event_id", "at", "breaker", "from_state", "to_state", "reason", "failure_rate", "window_calls",
     }),
+    # The threat detector's (migration 0006); ids made by the guard.
+    "security_events": frozenset({
+        "id", "at", "client", "kind", "action", "score", "reason", "prompt_hash", "excerpt",
+    }),
+    "security_bans": frozenset({
+        "id", "client", "kind", "reason", "at", "until", "strikes", "lifted_at", "lifted_by",
+    }),
 }
 KEYS: dict[str, tuple[str, ...]] = {
     "requests": ("id",), "real_time_metrics": ("minute", "model"), "circuit_breaker_events": ("event_id",),
+    "security_events": ("id",), "security_bans": ("id",),
 }
 DROP_REASONS = ("spill_limit", "spill_error", "rejected")
 PRUNE_INTERVAL_SECONDS = 86_400.0

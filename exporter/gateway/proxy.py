@@ -77,6 +77,7 @@ class Gateway:
         submit_history: Callable[[str, dict[str, Any]], None] | None = None,
         rollup: Any = None,
         tracing: Tracing | None = None,
+        guard: Any = None,
     ) -> None:
         self.config = config
         self.upstream = config.ollama.host
@@ -87,6 +88,7 @@ class Gateway:
         self.submit_history = submit_history
         self.rollup = rollup
         self.tracing = tracing
+        self.guard = guard  # the threat detector (guard.py); None when guard.enabled is false
         upstream = urlsplit(self.upstream)
         self._server = (upstream.hostname, upstream.port)
         self.session: aiohttp.ClientSession | None = None
@@ -143,6 +145,14 @@ class Gateway:
         if endpoint is not None:
             payload = _json_object(body)
             outcome.model = self.names.label(payload.get("model") if payload else None)
+        if self.guard is not None:
+            outcome.client, refusal = await self.guard.check(request.remote, request.path, request.headers, endpoint,
+                                                             payload)
+            if refusal is not None:
+                outcome.status, outcome.error_type = refusal.status, refusal.reason
+                self.metrics.child(self.metrics.rejected, refusal.reason).inc()
+                return error_response(refusal.status, refusal.message, refusal.headers)
+        if endpoint is not None:
             breaker = self.breakers.get(outcome.model)
             permit = breaker.allow()
             if permit is None:

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from singularity_ops.config import Config
 from singularity_ops.exporter.gateway.breaker import BreakerPolicy, BreakerRegistry, Transition
 from singularity_ops.exporter.gateway.cost import CostModel, nvml_power_watts
+from singularity_ops.exporter.gateway.guard import Guard, GuardMetrics
 from singularity_ops.exporter.gateway.history import HistoryWriter
 from singularity_ops.exporter.gateway.metering import GatewayMetrics
 from singularity_ops.exporter.gateway.model_names import ModelNames
@@ -62,9 +63,19 @@ class GatewayService:
         )
         registry.register(self.breakers)
         self.tracing = Tracing.from_environment()
+        self.guard, self.alerts = None, None
+        if config.guard.enabled:
+            if config.guard.spike.enabled:
+                from singularity_ops.alert_push import AlertPusher
+
+                self.alerts = AlertPusher(config.alerts.alertmanager_url)
+            # The history's own database handle: bans are read back from where the history writes them.
+            self.guard = Guard(config, self.submit_history, history._connect if history is not None else None,
+                               self._spike_alert if self.alerts is not None else None)
+            registry.register(GuardMetrics(self.guard))
         self.gateway = Gateway(config, GatewayMetrics(registry), self.names, self.breakers,
                                CostModel(config.cost, lambda: self._watts), self.submit_history, rollup,
-                               self.tracing)
+                               self.tracing, self.guard)
         self.rollup = rollup
         self._task: asyncio.Task[None] | None = None
 
@@ -78,6 +89,10 @@ class GatewayService:
                 "to_state": str(transition.to_state), "reason": transition.reason,
                 "failure_rate": transition.failure_rate, "window_calls": transition.window_calls,
             })
+
+    def _spike_alert(self, firing: bool, summary: str, description: str) -> None:
+        assert self.alerts is not None
+        self.alerts.push("SecurityRequestSpike", "warning", summary, description, resolved=not firing)
 
     def refresh(self) -> None:
         """Blocking: Ollama's model list (for labels), the GPUs' power (for energy), temperatures (for rollups)."""
@@ -97,6 +112,10 @@ class GatewayService:
         if self.history is not None:
             self.history.start()
         await self.gateway.start()
+        if self.guard is not None:
+            if self.alerts is not None:
+                self.alerts.start()
+            await self.guard.start()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.refresh)
         self._task = asyncio.create_task(self._refresh_forever())
@@ -117,6 +136,10 @@ class GatewayService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.gateway.close()
+        if self.guard is not None:
+            await self.guard.close()
+        if self.alerts is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.alerts.stop, 1.0)
         if self.tracing is not None:
             self.tracing.close()
         if self.history is not None:

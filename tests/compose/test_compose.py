@@ -55,7 +55,9 @@ def test_the_telegram_chat_id_is_required() -> None:
 
 def test_the_services_are_the_stack_and_the_commands_that_exist() -> None:
     assert {"ollama", "exporter", "postgres", "prometheus", "alertmanager", "grafana"} <= set(SERVICES)
-    assert set(singularity_services()) == {"exporter"}, "one service per existing command; controllers come later"
+    from singularity_ops.controllers.registry import load_all
+
+    assert set(singularity_services()) == {"exporter", *load_all()}, "the exporter and one service per controller"
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))

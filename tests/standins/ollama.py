@@ -108,6 +108,14 @@ def go_time(ns: int, tz: tzinfo) -> str:
     return f"{text}{'+' if offset > 0 else '-'}{hours:02d}:{minutes:02d}"
 
 
+def human_bytes2(value: int) -> str:
+    """Go's ``format.HumanBytes2``: binary units with one decimal, plain bytes below 1 KiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= scale:
+            return f"{value / scale:.1f} {unit}"
+    return f"{value} B"
+
+
 def go_json(value: Any) -> str:
     """Compact JSON with Go's HTML-safe escaping of ``<``, ``>`` and ``&`` (they only occur in strings)."""
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
@@ -271,6 +279,7 @@ class OllamaStandIn:
         blobs_dir: str = "/root/.ollama/models/blobs",
         tz: tzinfo | None = None,
         port: int = 0,
+        memory_bytes: int | None = None,
     ) -> None:
         self.version = version
         self.blobs_dir = blobs_dir.rstrip("/")
@@ -293,6 +302,9 @@ class OllamaStandIn:
         self.reply_tokens = len(REPLY)  # tokens of a reply when options.num_predict is not set
         self.default_num_ctx = 4096  # Ollama 0.12's default context length
         self.vram_fraction = 0.0  # share of a model Ollama reports in VRAM for API-triggered loads
+        # RAM + swap free for models, as Ollama's CPU load check sees it: a load whose resident size does not fit
+        # beside the models already loaded is refused with Ollama's error. None: no limit (the default).
+        self.memory_bytes = memory_bytes
         self.port = 0
         self._requested_port = port  # 0: a free one; a fixed port lets a test stop and restart "the same" Ollama
         self._thread: threading.Thread | None = None
@@ -436,13 +448,26 @@ class OllamaStandIn:
         with self._lock:
             current = self._loaded.get(model.name)
         if current is None or current.context_length != num_ctx:
-            await self._sleep(self.load_seconds)
             size = model.loaded_size(num_ctx)
+            self._check_memory(model, size)
+            await self._sleep(self.load_seconds)
             current = _Loaded(model, size, int(size * self.vram_fraction), num_ctx, 0)
         with self._lock:
             self._loaded[model.name] = current
         self._touch(model, keep_alive)
         return time.monotonic_ns()
+
+    def _check_memory(self, model: StandInModel, size: int) -> None:
+        """llm/server.go's check before starting a CPU runner (text and HumanBytes2 units as Ollama writes them).
+        Real Ollama's scheduler may first unload an idle runner to make room; the stand-in leaves that to callers."""
+        if self.memory_bytes is None:
+            return
+        with self._lock:
+            held = sum(e.size for name, e in self._loaded.items() if name != model.name)
+        available = max(0, self.memory_bytes - held)
+        if size > available:
+            raise _Fail(500, f"model requires more system memory ({human_bytes2(size)}) than is available "
+                             f"({human_bytes2(available)})")
 
     def _touch(self, model: StandInModel, keep_alive: int | None) -> None:
         """Restart the keep-alive clock at the end of a request; keep_alive 0 unloads."""

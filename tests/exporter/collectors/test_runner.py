@@ -36,9 +36,9 @@ def test_runner_rss_is_reported_under_its_model(exporter: Exporter, ollama, bina
 
 
 def test_no_runner_visible_means_no_series_not_zero(exporter: Exporter, ollama) -> None:
-    ollama.load("llama3.2:3b")
+    ollama.load("qwen2.5-coder:1.5b")  # no other test starts a runner for this one's blob
     text = exporter.render()[0].decode()
-    assert "ollama_model_runner_rss_bytes{" not in text
+    assert 'ollama_model_runner_rss_bytes{model="qwen2.5-coder:1.5b"}' not in text
     assert series(text, "ollama_model_loaded_bytes")
 
 
