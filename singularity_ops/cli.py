@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(breakers)
 
     controller = commands.add_parser("controller", help="run one controller as its own process")
-    controller.add_argument("name", metavar="NAME", help="one of: " + (", ".join(sorted(_controllers())) or "none yet"))
+    # Not listed from the registry here: that would import every controller into every command's process.
+    controller.add_argument("name", metavar="NAME", help="e.g. model-manager or backup (an unknown name lists all)")
     controller.add_argument("--dry-run", action="store_true", default=None,
                             help="decide and record, but change nothing (the model manager)")
     _common(controller)
@@ -87,12 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--fail-on-misfit", action="store_true", help="exit 1 when a model does not fit")
     _common(check)
     return parser
-
-
-def _controllers() -> list[str]:
-    from singularity_ops.controllers.registry import load_all
-
-    return list(load_all())
 
 
 def config_from(args: argparse.Namespace) -> Config:
