@@ -19,7 +19,6 @@ reports 0 (for BackupStale) unless scheduled backups are off and there never was
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 
 import psycopg
@@ -27,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from singularity_ops.config import BackupConfig
+from singularity_ops.store import KeptConnection, kept
 
 KINDS = ("daily", "weekly", "manual")
 _READ = """
@@ -45,25 +45,15 @@ class BackupCollector(Collector):
 
     name = "backup"
 
-    def __init__(self, connect: Callable[[], psycopg.Connection], settings: BackupConfig) -> None:
-        self._connect = connect
+    def __init__(self, connection: KeptConnection | Callable[[], psycopg.Connection], settings: BackupConfig) -> None:
+        self.connection = kept(connection)
         self.scheduled = bool(settings.enabled and (settings.daily or settings.weekly))
-        self._conn: psycopg.Connection | None = None
-        self._lock = threading.Lock()
 
     def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = self._connect()
-                    self._conn.autocommit = True
-                rows = {row[0]: row[1:] for row in self._conn.execute(_READ).fetchall()}
-            except psycopg.Error:
-                self.close()
-                raise
+        rows = {row[0]: row[1:] for row in self.connection.run(lambda conn: conn.execute(_READ).fetchall())}
         success = GaugeMetricFamily("singularity_backup_last_success_timestamp_seconds",
                                     "When the newest verified backup finished (Unix time; 0: none yet)",
                                     labels=["kind"])
@@ -86,6 +76,4 @@ class BackupCollector(Collector):
         yield from (success, size, duration, failures)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self.connection.close()

@@ -18,12 +18,13 @@ Check by hand: ``SELECT action, result, count(*) FROM model_manager_events GROUP
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Sequence
 
 import psycopg
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from singularity_ops.store import KeptConnection, kept
 
 # Every (action, result) the manager records, exposed from 0 so that increase() sees the first event.
 OUTCOMES = {
@@ -41,22 +42,16 @@ class ModelManagerCollector(Collector):
 
     name = "model_manager"
 
-    def __init__(self, connect: Callable[[], psycopg.Connection], profiles: Sequence[str] = ()) -> None:
-        self._connect = connect
+    def __init__(self, connection: KeptConnection | Callable[[], psycopg.Connection],
+                 profiles: Sequence[str] = ()) -> None:
+        self.connection = kept(connection)
         self.profiles = list(profiles)
-        self._conn: psycopg.Connection | None = None
-        self._lock = threading.Lock()
 
     def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            try:
-                counts, state = self._read()
-            except psycopg.Error:
-                self.close()
-                raise
+        counts, state = self.connection.run(self._read)
         actions = CounterMetricFamily("singularity_model_manager_actions",
                                       "Decisions of the model manager (model_manager_events rows)",
                                       labels=["action", "result"])
@@ -81,16 +76,12 @@ class ModelManagerCollector(Collector):
         yield GaugeMetricFamily("singularity_model_manager_last_plan_timestamp_seconds",
                                 "When the acting model manager last planned (Unix time)", value=at.timestamp())
 
-    def _read(self) -> tuple[list[tuple[str, str, int]], tuple | None]:
-        if self._conn is None or self._conn.closed:
-            self._conn = self._connect()
-            self._conn.autocommit = True
-        counts = self._conn.execute(
+    @staticmethod
+    def _read(conn: psycopg.Connection) -> tuple[list[tuple[str, str, int]], tuple | None]:
+        counts = conn.execute(
             "SELECT action, result, count(*) FROM model_manager_events GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
-        state = self._conn.execute("SELECT at, profile, desired, installed FROM model_manager_state").fetchone()
+        state = conn.execute("SELECT at, profile, desired, installed FROM model_manager_state").fetchone()
         return counts, state
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self.connection.close()

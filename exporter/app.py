@@ -31,7 +31,7 @@ from singularity_ops.exporter.gateway.service import GatewayService
 from singularity_ops.exporter.scrape import ScrapeCollector
 from singularity_ops.ollama_api import OllamaClient
 from singularity_ops.ollama_state import OllamaState
-from singularity_ops.store import Database
+from singularity_ops.store import Database, KeptConnection
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,10 @@ class Exporter:
             HostCollector(),
             GpuCollector(nvml),
         ]
-        if with_catalogue:  # the manager's decisions are in the database, whichever process made them
-            collectors.append(ModelManagerCollector(handle.connect, [p.name for p in config.model_manager.profiles]))
-            collectors.append(BackupCollector(handle.connect, config.backup))
+        if with_catalogue:  # the manager's decisions and the backups are in the database, whoever made them
+            readers = KeptConnection(handle.connect)  # one connection for both, not one each
+            collectors.append(ModelManagerCollector(readers, [p.name for p in config.model_manager.profiles]))
+            collectors.append(BackupCollector(readers, config.backup))
         scrape = ScrapeCollector(collectors, timeout_seconds=config.exporter.collector_timeout_seconds)
         registry.register(scrape)
         registry.register(AlertThresholds(config.alerts.thresholds))

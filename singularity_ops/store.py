@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EMBEDDED_DATABASE = "singularity_ops"
 
@@ -121,3 +124,37 @@ class Database:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+
+class KeptConnection:
+    """One autocommit connection kept between uses and shared by its users (the collectors that read the database
+    at scrape time): used by one at a time, dropped after an error and reopened on the next use."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection]) -> None:
+        self._connect = connect
+        self._conn: psycopg.Connection | None = None
+        self._lock = threading.Lock()
+
+    def run(self, work: Callable[[psycopg.Connection], T]) -> T:
+        with self._lock:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = self._connect()
+                    self._conn.autocommit = True
+                return work(self._conn)
+            except psycopg.Error:
+                self._drop()
+                raise
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+
+def kept(connection: KeptConnection | Callable[[], psycopg.Connection]) -> KeptConnection:
+    return connection if isinstance(connection, KeptConnection) else KeptConnection(connection)
