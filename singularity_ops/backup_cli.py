@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -244,27 +244,3 @@ ACTIONS = {"create": _create, "list": _list, "verify": _verify, "restore": _rest
 
 def run(config: Config, args: argparse.Namespace) -> int:
     return ACTIONS[args.backup_command](config, args)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from singularity_ops.cli import _common, config_from
-    from singularity_ops.errors import SingularityError
-    from singularity_ops.logs import setup_logging
-
-    parser = argparse.ArgumentParser(prog="singularity-ops")
-    add_parser(parser.add_subparsers(dest="command", required=True), _common)
-    args = parser.parse_args(argv)
-    try:
-        config = config_from(args)
-        setup_logging(config.logging.level or "error")
-        return run(config, args)
-    except SingularityError as exc:
-        print(f"singularity-ops backup {args.backup_command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-

@@ -317,7 +317,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(config.logging.level or default_level)
         return COMMANDS[args.command](config, args)
     except SingularityError as exc:
-        print(f"singularity-ops {args.command}: error: {exc}", file=sys.stderr)
+        words = [args.command, *(getattr(args, f"{args.command}_command", None),)]
+        if args.command == "security" and getattr(args, "bans_command", None):
+            words.append(args.bans_command)
+        print(f"singularity-ops {' '.join(w for w in words if w)}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

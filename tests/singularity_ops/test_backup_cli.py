@@ -118,7 +118,7 @@ def test_progress_shows_bytes_and_rate_only_on_a_terminal() -> None:
 
 def test_the_module_runs_alone_and_errors_are_one_line(tmp_path: Path, database_url: str) -> None:
     env = {"SINGULARITY_HOME": str(tmp_path), "SINGULARITY_DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"}
-    result = subprocess.run([sys.executable, "-m", "singularity_ops.backup_cli", "backup", "create"],
+    result = subprocess.run([sys.executable, "-m", "singularity_ops.cli", "backup", "create"],
                             capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

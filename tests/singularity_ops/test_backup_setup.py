@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import REPO
 
 SCRIPT = REPO / "scripts" / "setup_automated_backups.sh"
-BIN = f"{sys.executable} -m singularity_ops.backup_cli"
+BIN = f"{sys.executable} -m singularity_ops.cli"
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_systemd_mode_writes_a_service_and_two_persistent_timers(box: dict[str, 
         assert result.returncode == 0, result.stderr
     service = (box["units"] / "singularity-ops-backup@.service").read_text()
     assert f"EnvironmentFile={box['config'] / 'backup.env'}" in service
-    assert f"ExecStart={sys.executable} -m singularity_ops.backup_cli backup create --kind %i --notify" in service
+    assert f"ExecStart={sys.executable} -m singularity_ops.cli backup create --kind %i --notify" in service
     daily = (box["units"] / "singularity-ops-backup-daily.timer").read_text()
     weekly = (box["units"] / "singularity-ops-backup-weekly.timer").read_text()
     assert "OnCalendar=*-*-* 03:00:00" in daily and "Persistent=true" in daily

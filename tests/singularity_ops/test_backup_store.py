@@ -315,7 +315,7 @@ def test_killed_mid_backup_leaves_a_failed_row_and_no_file(tmp_path: Path, datab
     env.pop("SINGULARITY_CONFIG", None)
     with psycopg.connect(database_url) as blocker:
         blocker.execute("LOCK TABLE people IN ACCESS EXCLUSIVE MODE")  # holds the backup still, mid-way
-        process = subprocess.Popen([sys.executable, "-m", "singularity_ops.backup_cli", "backup", "create"],
+        process = subprocess.Popen([sys.executable, "-m", "singularity_ops.cli", "backup", "create"],
                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 30
