@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from singularity_ops.backup_archive import ArchiveWriter, read_archive
-from singularity_ops.backup_format import TAG_SIZE, BackupKey, EncryptingWriter, decrypt
 from singularity_ops.config import BackupConfig
+from singularity_ops.controllers.backup.archive import ArchiveWriter, read_archive
+from singularity_ops.controllers.backup.format import TAG_SIZE, BackupKey, EncryptingWriter, decrypt
 
 MIB = 1 << 20
 KEY = bytes(range(32))  # the bench's own fixed key: nothing real is encrypted

@@ -8,7 +8,7 @@ Run: ``.venv/bin/python bench/guard.py`` from the repository root. Prints:
 2. gateway latency with and without the detector: the Ollama stand-in and two gateways (``singularity-ops
    exporter``, one with ``guard.enabled: false``, each with its embedded PostgreSQL history) run as their own
    processes; this process sends direct, without-guard and with-guard requests interleaved, after a warm-up;
-3. the injection scorer's precision and recall on the held-out public data (tests/exporter/gateway/data/).
+3. the injection scorer's precision and recall on the held-out public data (tests/exporter/gateway/guard/data/).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ sys.path.insert(0, str(REPO))
 from bench.gateway import quantile, start  # noqa: E402
 from singularity_ops.config import load_config  # noqa: E402
 from singularity_ops.exporter.gateway.endpoints import INFERENCE  # noqa: E402
-from singularity_ops.exporter.gateway.guard import Guard  # noqa: E402
-from singularity_ops.exporter.gateway.guard_identity import new_key_line  # noqa: E402
+from singularity_ops.exporter.gateway.guard.detector import Guard  # noqa: E402
+from singularity_ops.exporter.gateway.guard.identity import new_key_line  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
-from tests.exporter.gateway.data.evaluation import dev_split, evaluate, held_out_split  # noqa: E402
+from tests.exporter.gateway.guard.data.evaluation import dev_split, evaluate, held_out_split  # noqa: E402
 
 MODEL = "llama3.2:3b"
 SHORT = ("I'm planning a three-day trip to Lisbon in May with two kids. Could you suggest a relaxed itinerary with "
@@ -167,7 +167,7 @@ async def gateway_latency(direct: str, without: str, with_guard: str, headers: d
 
 
 def scorer_quality() -> None:
-    from singularity_ops.exporter.gateway.guard_injection import InjectionScorer
+    from singularity_ops.exporter.gateway.guard.injection import InjectionScorer
 
     scorer = InjectionScorer()
     print("injection scorer (threshold 0.5):")

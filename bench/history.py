@@ -20,7 +20,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from singularity_ops.exporter.gateway.history import HistoryWriter
+from singularity_ops.exporter.gateway.history.writer import HistoryWriter
 from singularity_ops.migrate import migrate
 
 BATCHED_ROWS, BASELINE_ROWS, ROUNDS = 20_000, 3_000, 2

@@ -56,7 +56,7 @@ def baseline_registry(text: str) -> CollectorRegistry:
 
 def render_figures(standin: OllamaStandIn) -> None:
     config = load_config(environ={"OLLAMA_HOST": standin.host, "SINGULARITY_OLLAMA_MEMORY_BYTES": str(64 * 2**30)})
-    exporter = Exporter.build(config, with_catalogue=False)
+    exporter = Exporter.build(config, with_database=False)
     try:
         text = exporter.render()[0].decode()
         series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))

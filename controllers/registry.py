@@ -26,6 +26,9 @@ def load_all() -> dict[str, Callable[[Config], Controller]]:
     import singularity_ops.controllers as package
 
     for module in pkgutil.iter_modules(package.__path__):
-        if module.name not in ("base", "registry"):
-            importlib.import_module(f"{package.__name__}.{module.name}")
+        if module.name in ("base", "registry"):
+            continue
+        # a controller with several files is a folder whose `controller` module registers it
+        suffix = ".controller" if module.ispkg else ""
+        importlib.import_module(f"{package.__name__}.{module.name}{suffix}")
     return CONTROLLERS

@@ -17,18 +17,18 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from singularity_ops.config import Config, parse_listen
-from singularity_ops.controllers.backup_metrics import BackupCollector
-from singularity_ops.controllers.model_metrics import ModelManagerCollector
 from singularity_ops.errors import SingularityError
-from singularity_ops.exporter.alert_thresholds import AlertThresholds
-from singularity_ops.exporter.catalogue import CatalogueKeeper
+from singularity_ops.exporter.collectors.alert_thresholds import AlertThresholds
+from singularity_ops.exporter.collectors.backup import BackupCollector
+from singularity_ops.exporter.collectors.catalogue import CatalogueKeeper
 from singularity_ops.exporter.collectors.gpu import GpuCollector
 from singularity_ops.exporter.collectors.host import HostCollector
+from singularity_ops.exporter.collectors.model_manager import ModelManagerCollector
 from singularity_ops.exporter.collectors.ollama import OllamaCollector
 from singularity_ops.exporter.collectors.runner import RunnerCollector, RunnerScan
-from singularity_ops.exporter.gateway.history import HistoryWriter
+from singularity_ops.exporter.collectors.scrape import ScrapeCollector
+from singularity_ops.exporter.gateway.history.writer import HistoryWriter
 from singularity_ops.exporter.gateway.service import GatewayService
-from singularity_ops.exporter.scrape import ScrapeCollector
 from singularity_ops.ollama_api import OllamaClient
 from singularity_ops.ollama_state import OllamaState
 from singularity_ops.store import Database, KeptConnection
@@ -47,7 +47,7 @@ class Exporter:
 
     @classmethod
     def build(cls, config: Config, *, database: Database | None = None, nvml: ModuleType | None = None,
-              with_catalogue: bool = True, with_gateway: bool = False, with_history: bool = False) -> Exporter:
+              with_database: bool = True, with_gateway: bool = False, with_history: bool = False) -> Exporter:
         client = OllamaClient(config.ollama.host, config.ollama.timeout_seconds)
         state = OllamaState(client, config.ollama.cache_seconds)
         registry = CollectorRegistry(auto_describe=False)
@@ -58,7 +58,7 @@ class Exporter:
             HostCollector(),
             GpuCollector(nvml),
         ]
-        if with_catalogue:  # the manager's decisions and the backups are in the database, whoever made them
+        if with_database:  # the collectors that read PostgreSQL: the manager's decisions, the backups, the catalogue
             readers = KeptConnection(handle.connect)  # one connection for both, not one each
             collectors.append(ModelManagerCollector(readers, [p.name for p in config.model_manager.profiles]))
             collectors.append(BackupCollector(readers, config.backup))
@@ -69,7 +69,7 @@ class Exporter:
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
         catalogue = None
-        if with_catalogue:
+        if with_database:
             catalogue = CatalogueKeeper(handle.get, state, config.memory)
             registry.register(catalogue)
         gateway = None
@@ -122,15 +122,6 @@ class Exporter:
         self.state.client.close()
 
 
-def open_and_migrate(config: Config) -> Database:
-    from singularity_ops.migrate import migrate
-
-    database = Database.open(config.database, config.home)
-    with database.connect() as conn:
-        migrate(conn)
-    return database
-
-
 class DatabaseHandle:
     """The history database, opened and migrated on the first success and shared by its users (the catalogue,
     the history writer), each of which retries in its own thread while it is unreachable."""
@@ -143,7 +134,7 @@ class DatabaseHandle:
     def get(self) -> Database:
         with self._lock:
             if self._database is None:
-                self._database = open_and_migrate(self.config)
+                self._database = Database.open_migrated(self.config.database, self.config.home)
             return self._database
 
     def connect(self) -> psycopg.Connection:

@@ -94,6 +94,17 @@ class Database:
             return cls(url, config)
         return cls(start_embedded(home), config, embedded=True)
 
+    @classmethod
+    def open_migrated(cls, config: DatabaseConfig, home: Path) -> Database:
+        """The one way every part opens the history store: reach it (starting the embedded server if that is the
+        one), then apply any pending migration."""
+        from singularity_ops.migrate import migrate
+
+        database = cls.open(config, home)
+        with database.connect() as conn:
+            migrate(conn)
+        return database
+
     @property
     def pool(self) -> ConnectionPool:
         """Pooled connections for callers that need several at once; imported on first use, since the exporter's
@@ -138,7 +149,7 @@ class KeptConnection:
     def run(self, work: Callable[[psycopg.Connection], T]) -> T:
         with self._lock:
             try:
-                if self._conn is None or self._conn.closed:
+                if self._conn is None or self._conn.closed or self._conn.broken:
                     self._conn = self._connect()
                     self._conn.autocommit = True
                 return work(self._conn)

@@ -10,7 +10,7 @@ from pathlib import Path
 from tests.conftest import REPO
 
 PROBE = (
-    "import singularity_ops, singularity_ops.exporter.app, singularity_ops.cli;"
+    "import singularity_ops, singularity_ops.exporter.app, singularity_ops.cli.main;"
     "from singularity_ops.migrate import load_migrations;"
     "print(singularity_ops.__file__); print(','.join(m.name for m in load_migrations()))"
 )

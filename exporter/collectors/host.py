@@ -21,6 +21,8 @@ import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from singularity_ops.hardware import cpu_temperatures
+
 
 class HostCollector(Collector):
     name = "host"
@@ -51,8 +53,6 @@ class HostCollector(Collector):
 
         temperature = GaugeMetricFamily("llm_cpu_temperature_celsius", "Temperature of each sensor",
                                         labels=["sensor"])
-        readings = psutil.sensors_temperatures() if hasattr(psutil, "sensors_temperatures") else {}
-        for chip, sensors in sorted(readings.items()):
-            for index, sensor in enumerate(sensors):
-                temperature.add_metric([f"{chip}/{sensor.label or index}"], sensor.current)
+        for sensor, celsius in cpu_temperatures():
+            temperature.add_metric([sensor], celsius)
         yield temperature

@@ -43,15 +43,3 @@ class CostModel:
         joules = self.watts() * max(0.0, seconds)
         cost += joules / JOULES_PER_KWH * self.config.energy_price_per_kwh
         return Charge(cost, joules)
-
-
-def nvml_power_watts() -> float | None:
-    """Summed power draw of every NVIDIA GPU, or None without NVML (read at most once per request)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return sum(pynvml.nvmlDeviceGetPowerUsage(pynvml.nvmlDeviceGetHandleByIndex(i))
-                   for i in range(pynvml.nvmlDeviceGetCount())) / 1000.0
-    except Exception:
-        return None

@@ -1,5 +1,6 @@
 """The gateway's request metrics: DESIGN.md's names, and the OpenTelemetry GenAI histograms with the
-buckets the semantic conventions recommend (gen-ai-metrics.md, "explicit bucket boundaries")."""
+buckets the semantic conventions recommend (OpenTelemetry semantic-conventions, docs/gen-ai/gen-ai-metrics.md,
+"explicit bucket boundaries")."""
 
 from __future__ import annotations
 

@@ -7,19 +7,19 @@ import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
-import psutil
 from prometheus_client import CollectorRegistry
 
 from singularity_ops.config import Config
 from singularity_ops.exporter.gateway.breaker import BreakerPolicy, BreakerRegistry, Transition
-from singularity_ops.exporter.gateway.cost import CostModel, nvml_power_watts
-from singularity_ops.exporter.gateway.guard import Guard, GuardMetrics
-from singularity_ops.exporter.gateway.history import HistoryWriter
+from singularity_ops.exporter.gateway.cost import CostModel
+from singularity_ops.exporter.gateway.guard.detector import Guard, GuardMetrics
+from singularity_ops.exporter.gateway.history.rollup import MinuteRollup
+from singularity_ops.exporter.gateway.history.writer import HistoryWriter
 from singularity_ops.exporter.gateway.metering import GatewayMetrics
 from singularity_ops.exporter.gateway.model_names import ModelNames
 from singularity_ops.exporter.gateway.proxy import Gateway
-from singularity_ops.exporter.gateway.rollup import MinuteRollup
 from singularity_ops.exporter.gateway.tracing import Tracing
+from singularity_ops.hardware import hottest_cpu_celsius, shared_nvml
 from singularity_ops.ollama_state import OllamaState
 
 log = logging.getLogger(__name__)
@@ -28,19 +28,7 @@ REFRESH_SECONDS = 5.0
 
 def read_temperatures() -> tuple[float | None, float | None]:
     """The hottest CPU sensor and the hottest GPU, each None without sensors."""
-    readings = psutil.sensors_temperatures() if hasattr(psutil, "sensors_temperatures") else {}
-    cpu = max((s.current for sensors in readings.values() for s in sensors), default=None)
-    gpu = None
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        gpu = max((float(pynvml.nvmlDeviceGetTemperature(pynvml.nvmlDeviceGetHandleByIndex(i),
-                                                          pynvml.NVML_TEMPERATURE_GPU))
-                   for i in range(pynvml.nvmlDeviceGetCount())), default=None)
-    except Exception:
-        pass
-    return cpu, gpu
+    return hottest_cpu_celsius(), shared_nvml().hottest_celsius()
 
 
 class GatewayService:
@@ -66,7 +54,7 @@ class GatewayService:
         self.guard, self.alerts = None, None
         if config.guard.enabled:
             if config.guard.spike.enabled:
-                from singularity_ops.alert_push import AlertPusher
+                from singularity_ops.alerting.push import AlertPusher
 
                 self.alerts = AlertPusher(config.alerts.alertmanager_url)
             # The history's own database handle: bans are read back from where the history writes them.
@@ -99,7 +87,7 @@ class GatewayService:
         snapshot = self.state.snapshot()
         if snapshot.up:
             self.names.update([m.name for m in snapshot.installed])
-        self._watts = nvml_power_watts()
+        self._watts = shared_nvml().power_watts()
         self._temperatures = read_temperatures()
 
     def close_minutes(self) -> None:

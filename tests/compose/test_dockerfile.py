@@ -19,7 +19,7 @@ from singularity_ops.config import load_config
 from singularity_ops.exporter.app import Exporter
 from tests.compose.compose import load
 from tests.conftest import REPO, free_port
-from tests.exporter.test_exporter import Running
+from tests.helpers import Running
 
 DOCKERFILE = REPO / "Dockerfile"
 
@@ -71,7 +71,7 @@ def test_compose_and_the_image_check_health_the_same_way() -> None:
 @pytest.fixture
 def exporter(ollama, clean_env) -> Iterator[Running]:
     config = load_config(environ={"OLLAMA_HOST": ollama.host, "SINGULARITY_METRICS_LISTEN": f"127.0.0.1:{free_port()}"})
-    with Running(Exporter.build(config, with_catalogue=False)) as running:
+    with Running(Exporter.build(config, with_database=False)) as running:
         yield running
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import threading
@@ -13,52 +12,11 @@ import httpx
 import pytest
 
 from singularity_ops.config import load_config
-from singularity_ops.exporter.app import Exporter, serve
+from singularity_ops.exporter.app import Exporter
 from tests.conftest import free_port
+from tests.helpers import Running, series
 
 GiB = 2**30
-
-
-class Running:
-    def __init__(self, exporter: Exporter) -> None:
-        self.exporter = exporter
-        self.url = f"http://{exporter.config.exporter.metrics_listen}"
-        self._loop = asyncio.new_event_loop()
-        self._stop = asyncio.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        self._loop.run_until_complete(serve(self.exporter, self._stop))
-
-    def __enter__(self) -> Running:
-        self._thread.start()
-        for _ in range(100):
-            try:
-                httpx.get(self.url + "/healthz", timeout=0.5)
-                return self
-            except httpx.HTTPError:
-                threading.Event().wait(0.05)
-        raise RuntimeError("exporter did not start")
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def scrape(self) -> str:
-        response = httpx.get(self.url + "/metrics", timeout=10)
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-        return response.text
-
-
-def series(text: str, name: str) -> dict[str, float]:
-    """``{labels: value}`` of one metric in an exposition text."""
-    found = {}
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            key, _, value = line.rpartition(" ")
-            found[key[len(name):]] = float(value)
-    return found
 
 
 @pytest.fixture
@@ -68,7 +26,7 @@ def exporter(ollama, clean_env) -> Iterator[Running]:
         "SINGULARITY_OLLAMA_MEMORY_BYTES": str(int(1.9 * GiB)),
         "SINGULARITY_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
     })
-    built = Exporter.build(config, with_catalogue=False)
+    built = Exporter.build(config, with_database=False)
     with Running(built) as running:
         yield running
 
@@ -115,7 +73,7 @@ def test_a_hanging_ollama_costs_one_timeout_not_a_failed_scrape(ollama, clean_en
                                   "SINGULARITY_METRICS_LISTEN": f"127.0.0.1:{free_port()}"})
     ollama.hang_seconds = 5
     ollama.fault = "hang"
-    with Running(Exporter.build(config, with_catalogue=False)) as running:
+    with Running(Exporter.build(config, with_database=False)) as running:
         text = running.scrape()
     assert series(text, "ollama_up") == {"": 0.0}
     assert "llm_host_memory_available_bytes" in text
@@ -169,6 +127,6 @@ def test_configured_alert_thresholds_are_published(ollama, clean_env, tmp_path) 
     config_file.write_text("alerts:\n  thresholds:\n    HostMemoryHigh: 0.85\n    TemperatureHigh: 80\n")
     config = load_config(config_file=config_file, environ={
         "OLLAMA_HOST": ollama.host, "SINGULARITY_METRICS_LISTEN": f"127.0.0.1:{free_port()}"})
-    with Running(Exporter.build(config, with_catalogue=False)) as running:
+    with Running(Exporter.build(config, with_database=False)) as running:
         assert series(running.scrape(), "singularity_alert_threshold") == {
             '{alert="HostMemoryHigh"}': 0.85, '{alert="TemperatureHigh"}': 80.0}

@@ -19,9 +19,9 @@ import yaml
 from singularity_ops.config import load_config
 from singularity_ops.exporter.app import Exporter
 from tests.conftest import DEFAULT_MODELS, free_port
-from tests.exporter.test_exporter import Running
 from tests.grafana import traffic
 from tests.grafana.prometheus import Prometheus
+from tests.helpers import Running
 
 GiB = 2**30
 COST = {"cost.currency": "EUR", "cost.prices": {"*": {"input_per_million": 0.15, "output_per_million": 0.60}},
@@ -90,7 +90,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                    "exporter.metrics_listen": f"127.0.0.1:{free_port()}", **traffic.BREAKER_POLICY, **COST},
             # 1.9 GiB: the small models fit, phi4:14b does not.
             environ={"OLLAMA_HOST": ollama.host, "SINGULARITY_OLLAMA_MEMORY_BYTES": str(int(1.9 * GiB))})
-        with Running(Exporter.build(config, with_catalogue=False, with_gateway=True)) as running:
+        with Running(Exporter.build(config, with_database=False, with_gateway=True)) as running:
             gateway_url = f"http://{config.gateway.listen}"
             _wait_for_gateway(gateway_url)
             with Prometheus(workdir, config.exporter.metrics_listen, [rules]) as prometheus, \

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from singularity_ops.alert_push import AlertPusher
+from singularity_ops.alerting.push import AlertPusher
 from tests.conftest import free_port
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")

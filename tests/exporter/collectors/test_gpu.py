@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from singularity_ops.exporter.collectors.gpu import GpuCollector
-from tests.exporter.test_exporter import series
+from tests.helpers import series
 
 
 def nvml_works() -> bool:

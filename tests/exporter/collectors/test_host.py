@@ -6,7 +6,7 @@ import psutil
 from prometheus_client import CollectorRegistry, generate_latest
 
 from singularity_ops.exporter.collectors.host import HostCollector
-from tests.exporter.test_exporter import series
+from tests.helpers import series
 
 
 def scrape() -> str:

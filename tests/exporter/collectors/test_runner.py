@@ -12,7 +12,7 @@ import pytest
 from singularity_ops.config import load_config
 from singularity_ops.exporter.app import Exporter
 from singularity_ops.runners import find_runner_rss
-from tests.exporter.test_exporter import series
+from tests.helpers import series
 from tests.standins.fake_runner import LEGACY_BINARY, fake_runner
 
 MiB = 2**20
@@ -20,7 +20,7 @@ MiB = 2**20
 
 @pytest.fixture
 def exporter(ollama, clean_env):
-    built = Exporter.build(load_config(environ={"OLLAMA_HOST": ollama.host}), with_catalogue=False)
+    built = Exporter.build(load_config(environ={"OLLAMA_HOST": ollama.host}), with_database=False)
     yield built
     built.close()
 

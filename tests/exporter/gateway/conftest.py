@@ -11,7 +11,7 @@ import pytest
 from singularity_ops.config import load_config
 from singularity_ops.exporter.app import Exporter
 from tests.conftest import free_port
-from tests.exporter.test_exporter import Running, series
+from tests.helpers import Running, series
 
 
 class GatewayUnderTest(Running):
@@ -43,7 +43,7 @@ def make_gateway(ollama, clean_env) -> Iterator[Callable[..., GatewayUnderTest]]
         config = load_config(flags={"gateway.listen": f"127.0.0.1:{free_port()}",
                                     "exporter.metrics_listen": f"127.0.0.1:{free_port()}", **flags},
                              environ={"OLLAMA_HOST": ollama.host})
-        exporter = Exporter.build(config, with_catalogue=False, with_gateway=True, with_history=with_history)
+        exporter = Exporter.build(config, with_database=False, with_gateway=True, with_history=with_history)
         running = GatewayUnderTest(exporter).__enter__()
         started.append(running)
         for _ in range(100):  # the gateway site starts right after the metrics site

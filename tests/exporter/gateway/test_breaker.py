@@ -21,7 +21,7 @@ from singularity_ops.exporter.gateway.breaker import (
     Transition,
     unavailable_message,
 )
-from tests.exporter.test_exporter import series
+from tests.helpers import series
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
 POLICY = BreakerPolicy(window_seconds=60, failure_rate_threshold=0.5, minimum_calls=5, open_seconds=30,

@@ -1,0 +1,145 @@
+"""The `backup` commands as a user types them: create, list, verify, restore, prune, keygen; --json output, quiet
+when not on a terminal, and the key nowhere in what they print."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from singularity_ops.cli.backup import TerminalProgress, add_parser, run
+from singularity_ops.cli.main import _common, config_from
+from tests.controllers.backup.helpers import AlertSink, checksums, empty_database, fill
+
+
+@pytest.fixture
+def backup_cli(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch, clean_env: None):
+    """``backup_cli("create", "--json")`` → (exit code, stdout, stderr)."""
+    monkeypatch.setenv("SINGULARITY_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SINGULARITY_DATABASE_URL", database_url)
+    monkeypatch.setenv("SINGULARITY_BACKUP_KEY_FILE", str(tmp_path / "backup.key"))
+    fill(database_url, rows=200)
+
+    def call(*argv: str) -> tuple[int, str, str]:
+        parser = argparse.ArgumentParser(prog="singularity-ops")
+        add_parser(parser.add_subparsers(dest="command", required=True), _common)
+        args = parser.parse_args(["backup", *argv])
+        out, err = io.StringIO(), io.StringIO()
+        old = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = out, err
+        try:
+            code = run(config_from(args), args)
+        finally:
+            sys.stdout, sys.stderr = old
+        return code, out.getvalue(), err.getvalue()
+
+    return call
+
+
+def test_keygen_then_create_list_verify_prune(backup_cli, tmp_path: Path) -> None:
+    code, out, _ = backup_cli("keygen", "--json")
+    assert code == 0
+    made = json.loads(out)
+    assert made["path"] == str(tmp_path / "backup.key") and len(made["key_id"]) == 16
+    assert stat.S_IMODE((tmp_path / "backup.key").stat().st_mode) == 0o600
+
+    code, out, err = backup_cli("create", "--kind", "daily", "--json")
+    assert code == 0 and err == ""  # no progress line: stderr is not a terminal
+    created = json.loads(out)
+    assert created["kind"] == "daily" and created["status"] == "ok" and created["verified_at"]
+    assert created["tables"] >= 2 and created["rows"] >= 250
+    assert created["key_id"] == made["key_id"]  # which key it needs, never the key
+
+    code, out, _ = backup_cli("list", "--json")
+    assert [b["id"] for b in json.loads(out)["backups"]] == [created["id"]]
+    code, out, _ = backup_cli("list")
+    assert out.splitlines()[0].split() == ["ID", "KIND", "STATUS", "STARTED", "SIZE", "VERIFIED", "ERROR"]
+    assert created["id"] in out.splitlines()[1]
+
+    code, out, _ = backup_cli("verify", "--latest", "--json")
+    verified = json.loads(out)
+    assert verified["verified"] and verified["backup"]["id"] == created["id"]
+    assert verified["tables"]["public.people"] == 200
+    code, out, _ = backup_cli("verify", created["id"])
+    assert out.startswith(f"backup {created['id']} verified: restored into a scratch database")
+
+    code, out, _ = backup_cli("prune", "--json")
+    assert json.loads(out) == {"dry_run": False, "removed": [], "kept": [created["id"]]}
+
+    secret = (tmp_path / "backup.key").read_text().strip()
+    for text in (out, json.dumps(created), json.dumps(verified)):
+        assert secret not in text
+
+
+def test_restore_by_hand(backup_cli, tmp_path: Path, database_url: str, postgres_server_url: str) -> None:
+    backup_cli("keygen")
+    _, out, _ = backup_cli("create", "--no-verify", "--json")
+    backup_id = json.loads(out)["id"]
+    with empty_database(postgres_server_url) as target:
+        code, out, _ = backup_cli("restore", backup_id, "--to", target, "--files", str(tmp_path / "files"))
+        assert code == 0 and out.startswith(f"restored backup {backup_id} into ")
+        assert checksums(target) == checksums(database_url)
+        from singularity_ops.controllers.backup.format import BackupError
+
+        with pytest.raises(BackupError, match="not empty"):
+            backup_cli("restore", backup_id, "--to", target)
+        code, out, _ = backup_cli("restore", backup_id, "--to", target, "--force", "--json")
+        assert json.loads(out)["tables"]["public.people"] == 200
+
+
+def test_create_without_a_key_is_refused(backup_cli) -> None:
+    from singularity_ops.controllers.backup.format import BackupError
+
+    with pytest.raises(BackupError, match=r"cannot read backup key file .*backup\.key: No such file"):
+        backup_cli("create")
+
+
+def test_progress_shows_bytes_and_rate_only_on_a_terminal() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    quiet, loud = io.StringIO(), Terminal()
+    for stream in (quiet, loud):
+        progress = TerminalProgress("backing up", stream)
+        progress.shown -= 1  # as if the last line was a second ago
+        progress(5 * 2**20)
+        progress.end()
+    assert quiet.getvalue() == ""
+    assert loud.getvalue().startswith("\rbacking up: 5.0 MiB, ") and "/s" in loud.getvalue()
+
+
+def test_the_module_runs_alone_and_errors_are_one_line(tmp_path: Path, database_url: str) -> None:
+    env = {"SINGULARITY_HOME": str(tmp_path), "SINGULARITY_DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-m", "singularity_ops.cli", "backup", "create"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "singularity-ops backup create: error: no backup key: set SINGULARITY_BACKUP_KEY_FILE to a key file (create "
+        "one with `singularity-ops backup keygen`); backups are never written unencrypted"]
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT status FROM backups").fetchall() == [("failed",)]
+
+
+def test_notify_announces_success_and_failure_to_alertmanager(backup_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from singularity_ops.controllers.backup.format import BackupError
+
+    with AlertSink() as alertmanager:
+        monkeypatch.setenv("SINGULARITY_ALERTMANAGER_URL", alertmanager.url)
+        with pytest.raises(BackupError, match="cannot read backup key file"):
+            backup_cli("create", "--kind", "weekly", "--notify")
+        backup_cli("keygen")
+        _, out, _ = backup_cli("create", "--kind", "weekly", "--notify", "--json")
+    failed, succeeded = alertmanager.alerts
+    assert failed["labels"]["alertname"] == "BackupFailed" and failed["labels"]["kind"] == "weekly"
+    assert "cannot read backup key file" in failed["annotations"]["description"]
+    assert succeeded["labels"]["alertname"] == "BackupSucceeded" and succeeded["labels"]["severity"] == "info"
+    assert succeeded["annotations"]["summary"].startswith("The weekly backup succeeded: ")
+    assert json.loads(out)["id"] in succeeded["annotations"]["description"]
