@@ -1,12 +1,21 @@
-"""History ingest: the batched HistoryWriter against one INSERT per row with autocommit (the baseline).
+"""History ingest: the batched HistoryWriter against one INSERT per row with autocommit (the baseline), and what
+``submit()`` costs the caller (the gateway's request path) while the database is up and while it is away.
 
 Run: ``.venv/bin/python bench/history.py`` (from the repository root). Starts an embedded PostgreSQL (pgserver) in a
 temporary directory; both ways write the same kind of ``requests`` rows into the same empty table, interleaved over
 two rounds after a warm-up, and the best round of each is printed. Goal (history issue): batched ≥ 10x baseline.
+
+Request path: rows submitted at a steady ``PACED_RATE`` per second from one thread, as the gateway's loop does,
+each call timed; once with the database up (the baseline) and once with it unreachable, when the writer's
+background thread puts every row on disk within its spool interval (issue 15). "late" is how much later than asked
+the submitting thread woke from its pacing sleep: the time it waited for the GIL, which the background thread's
+encoding and writing take from the request path. Goal: away ≈ up (the disk write stays off the hop).
 """
 
 from __future__ import annotations
 
+import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -24,6 +33,7 @@ from singularity_ops.exporter.gateway.history.writer import HistoryWriter
 from singularity_ops.migrate import migrate
 
 BATCHED_ROWS, BASELINE_ROWS, ROUNDS = 20_000, 3_000, 2
+PACED_RATE, PACED_SECONDS = 2_000, 3.0
 T0 = datetime.now(UTC)
 
 
@@ -63,6 +73,48 @@ def batched(url: str, rows: list[dict[str, Any]], spill_dir: Path) -> tuple[floa
         writer.stop()
 
 
+def unreachable_url() -> str:
+    with socket.socket() as sock:  # a port nobody listens on: every connect is refused at once
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"postgresql://postgres@127.0.0.1:{port}/away"
+
+
+def paced(url: str, spill_dir: Path, *, up: bool) -> tuple[list[float], list[float]]:
+    """Per-call submit() time and pacing-sleep lateness (seconds) at PACED_RATE rows/s."""
+    writer = HistoryWriter(lambda: psycopg.connect(url, connect_timeout=1), spill_dir, retention_days=None)
+    writer.start()
+    try:
+        if up:
+            assert writer.flush(30)
+        else:
+            writer.submit("requests", request_row(-1))  # something to write, so the writer tries
+            deadline = time.monotonic() + 10
+            while writer.up is not False:  # the writer has found the database away
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        rows = [request_row(n) for n in range(int(PACED_RATE * PACED_SECONDS))]
+        costs, late = [], []
+        started = time.perf_counter()
+        for n, row in enumerate(rows):
+            due = started + n / PACED_RATE
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+                late.append(max(0.0, time.perf_counter() - due))
+            before = time.perf_counter()
+            writer.submit("requests", row)
+            costs.append(time.perf_counter() - before)
+        return costs, late
+    finally:
+        writer.stop(timeout=30 if up else 0.5)
+
+
+def quantiles(values: list[float]) -> str:
+    cuts = statistics.quantiles(values, n=100)
+    return f"p50 {cuts[49] * 1e6:6.1f} us  p99 {cuts[98] * 1e6:7.1f} us  max {max(values) * 1e6:8.1f} us"
+
+
 def truncate(url: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE requests")
@@ -92,6 +144,9 @@ def main() -> None:
                 elapsed, submitted = batched(url, [request_row(n) for n in range(BATCHED_ROWS)], spill_dir)
                 batch_rates.append(BATCHED_ROWS / elapsed)
                 submit_costs.append(submitted / BATCHED_ROWS)
+            truncate(url)
+            up_costs, up_late = paced(url, Path(home) / "spill-up", up=True)
+            away_costs, away_late = paced(unreachable_url(), Path(home) / "spill-away", up=False)
         finally:
             server.cleanup()
     base, batch = max(base_rates), max(batch_rates)
@@ -101,6 +156,11 @@ def main() -> None:
           f"flushed, best of {ROUNDS}: {', '.join(f'{r:,.0f}' for r in batch_rates)})")
     print(f"ratio {batch / base:.1f}x (goal >= 10x); submit() cost {min(submit_costs) * 1e6:.1f} us/row "
           "on the caller's thread")
+    print(f"request path at {PACED_RATE:,} rows/s for {PACED_SECONDS:g} s, submit() per call:")
+    print(f"  database up (baseline):    {quantiles(up_costs)}   late {quantiles(up_late)}")
+    print(f"  database away (spooling):  {quantiles(away_costs)}   late {quantiles(away_late)}")
+    up_p99, away_p99 = statistics.quantiles(up_costs, n=100)[98], statistics.quantiles(away_costs, n=100)[98]
+    print(f"  ratio away/up, submit p99: {away_p99 / up_p99:.2f}x")
 
 
 if __name__ == "__main__":

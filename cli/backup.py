@@ -1,7 +1,6 @@
-"""``singularity-ops backup create|list|verify|restore|prune|keygen``: thin commands over backup_store.
-
-Wired into the main CLI with ``add_parser(commands, _common)`` and ``COMMANDS["backup"] = run``; also runnable
-alone as ``python -m singularity_ops.cli.backup backup ...``.
+"""``singularity-ops backup create|list|verify|restore|prune|keygen``: thin commands over the backup engine
+(controllers/backup, ``Backups`` in store.py). Wired into the main CLI with ``add_parser(commands, _common)`` and
+``COMMANDS["backup"] = run``.
 """
 
 from __future__ import annotations
@@ -19,8 +18,9 @@ from singularity_ops.cli.tables import print_table
 from singularity_ops.config import Config
 from singularity_ops.memory import human_bytes
 
-if TYPE_CHECKING:  # imported when a backup command runs: `singularity-ops exporter` never pays for cryptography
-    from singularity_ops.controllers.backup.store import BackupRecord, Backups
+if TYPE_CHECKING:  # imported when a backup command runs: `singularity-ops exporter` never pays for the encryption
+    from singularity_ops.controllers.backup.catalogue import BackupRecord
+    from singularity_ops.controllers.backup.store import Backups
 
 KINDS = ("daily", "weekly", "manual")
 
@@ -42,23 +42,26 @@ def add_parser(subparsers: argparse._SubParsersAction, common: Callable[[argpars
 
     verify = actions.add_parser("verify", help="decrypt, restore into a scratch database, compare row counts")
     which = verify.add_mutually_exclusive_group()
-    which.add_argument("id", nargs="?", metavar="ID", help="backup id or .sgbk path")
+    which.add_argument("id", nargs="?", metavar="ID", help="backup id, or the path of a backup file")
     which.add_argument("--latest", action="store_true", help="the newest successful backup (the default)")
 
     restore = actions.add_parser("restore", help="restore a backup into a database (and its files into a folder)")
-    restore.add_argument("id", metavar="ID", help="backup id, or the path of a .sgbk file with its manifest beside it")
+    restore.add_argument("id", metavar="ID", help="backup id, or the path of a backup file (.tar.gz.age, or .sgbk from "
+                                                  "before the age format) with its manifest beside it")
     restore.add_argument("--to", required=True, metavar="URL",
                          help="target PostgreSQL URL, or 'embedded' for the embedded server under --home")
     restore.add_argument("--force", action="store_true",
                          help="restore into a non-empty database (replacing what the backup holds) or over files")
     restore.add_argument("--files", metavar="DIR", help="also write the backed-up files (config, includes) here")
 
-    prune = actions.add_parser("prune", help="delete backups beyond backup.keep per kind (never the newest verified)")
+    prune = actions.add_parser("prune", help="delete backups beyond backup.keep per kind (never the newest verified), "
+                                             "listing every file it deletes")
     prune.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
 
-    keygen = actions.add_parser("keygen", help="write a new random backup key (mode 0600); never overwrites")
+    keygen = actions.add_parser("keygen", help="write a new age identity as the backup key (mode 0600); never replaces "
+                                               "one (a key file from before the age format gets one added)")
     keygen.add_argument("--output", metavar="FILE",
-                        help="where (default: $SINGULARITY_BACKUP_KEY_FILE, else HOME/backup.key)")
+                        help="where (default: $SINGULARITY_BACKUP_KEY_FILE, else HOME/backup.key, used from there)")
 
     for parser in (create, listing, verify, restore, prune, keygen):
         parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -110,10 +113,9 @@ def _backups(config: Config, args: argparse.Namespace, *, need_database: bool) -
 
 def _line(record: BackupRecord) -> list[str]:
     verified = f"{record.verified_at:%Y-%m-%d %H:%M}" if record.verified_at else "-"
-    return [record.id, record.kind, record.status, f"{record.started.astimezone():%Y-%m-%d %H:%M}",
+    return [record.id, record.kind, record.format or "-", record.status,
+            f"{record.started.astimezone():%Y-%m-%d %H:%M}",
             human_bytes(record.bytes) if record.bytes is not None else "-", verified, record.error or ""]
-
-
 
 
 def _create(config: Config, args: argparse.Namespace) -> int:
@@ -163,7 +165,7 @@ def _list(config: Config, args: argparse.Namespace) -> int:
     elif not records:
         print("no backups yet; make one with: singularity-ops backup create")
     else:
-        print_table([["ID", "KIND", "STATUS", "STARTED", "SIZE", "VERIFIED", "ERROR"],
+        print_table([["ID", "KIND", "FORMAT", "STATUS", "STARTED", "SIZE", "VERIFIED", "ERROR"],
                       *(_line(record) for record in records)])
     return 0
 
@@ -206,29 +208,50 @@ def _restore(config: Config, args: argparse.Namespace) -> int:
 
 
 def _prune(config: Config, args: argparse.Namespace) -> int:
-    removed, kept = _backups(config, args, need_database=True).prune(dry_run=args.dry_run)
+    pruned = _backups(config, args, need_database=True).prune(dry_run=args.dry_run)
     if args.json:
-        print(json.dumps({"dry_run": args.dry_run, "removed": [r.id for r in removed], "kept": [r.id for r in kept]},
-                         indent=2))
+        print(json.dumps(pruned.as_json(), indent=2))
     else:
         verb = "would remove" if args.dry_run else "removed"
-        for record in removed:
+        for record in pruned.removed:
             print(f"{verb} {record.id}")
-        print(f"{len(removed)} {verb}, {len(kept)} kept (backup.keep = {config.backup.keep} per kind)")
+        for path in pruned.files:
+            print(f"  {'would delete' if args.dry_run else 'deleted'} {path}")
+        from singularity_ops.controllers.backup.notices import file_count
+
+        print(f"{len(pruned.removed)} {verb}, {len(pruned.kept)} kept, {file_count(len(pruned.files))} "
+              f"{'would be deleted' if args.dry_run else 'deleted'} (backup.keep = {config.backup.keep} per kind)")
     return 0
 
 
 def _keygen(config: Config, args: argparse.Namespace) -> int:
-    from singularity_ops.controllers.backup.format import write_new_key
+    from singularity_ops.controllers.backup.catalogue import default_key_file, key_file_for
+    from singularity_ops.controllers.backup.errors import BackupError
+    from singularity_ops.controllers.backup.keys import load_keys, write_new_key
 
-    path = Path(args.output).expanduser() if args.output else config.backup.key_file or config.home / "backup.key"
-    key = write_new_key(path)
+    path = Path(args.output).expanduser() if args.output else config.backup.key_file or default_key_file(config)
+    current = key_file_for(config)
+    carry = None
+    if current is not None and current != path and current.exists():
+        try:  # a new key file elsewhere takes the old-format key along, so that it reads the older backups too
+            carry = load_keys(current).legacy
+        except BackupError:
+            carry = None
+    made = write_new_key(path, carry)
     if args.json:
-        print(json.dumps({"path": str(path), "key_id": key.key_id}))
+        print(json.dumps({"path": str(path), "public_key": made.public_key, "old_key_id": made.kept_old_key}))
+        return 0
+    use = ("Backups use it from there" if path in (config.backup.key_file, default_key_file(config))
+           else f"Set SINGULARITY_BACKUP_KEY_FILE={path}")
+    if made.kept_old_key and path == current:
+        print(f"added an age identity to {path} (public key {made.public_key}); the old key (key id "
+              f"{made.kept_old_key}) stays in it and still reads the backups made before the age format.")
     else:
-        print(f"wrote a new backup key to {path} (mode 0600, key id {key.key_id}).\n"
-              f"Set SINGULARITY_BACKUP_KEY_FILE={path} and keep a copy away from this machine: "
-              "without it no backup can be read.")
+        old = (f"; it carries the old key (key id {made.kept_old_key}) along, to read the older backups"
+               if made.kept_old_key else "")
+        print(f"wrote a new backup key to {path} (mode 0600, an age identity with public key {made.public_key}"
+              f"{old}).")
+    print(f"{use}; keep a copy away from this machine: without it no backup can be read.")
     return 0
 
 

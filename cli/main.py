@@ -78,6 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
     from singularity_ops.cli import security as security_cli
 
     security_cli.add_parser(commands, _common)
+    security_cli.add_keys_parser(commands, _common)
+
+    from singularity_ops.cli import alerts as alerts_cli
+
+    alerts_cli.add_parser(commands, _common)
+
+    from singularity_ops.cli import validate as validate_cli
+
+    validate_cli.add_parser(commands, _common)
+
+    from singularity_ops.cli import cache as cache_cli
+
+    cache_cli.add_parser(commands, _common)
+
+    from singularity_ops.cli import prompts as prompts_cli
+
+    prompts_cli.add_parser(commands, _common)
 
     migrate = commands.add_parser("migrate", help="apply migrations/*.sql in order, once each")
     migrate.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -213,14 +230,23 @@ def cmd_controller(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_exporter(config: Config, args: argparse.Namespace) -> int:
     from singularity_ops.exporter.app import Exporter, serve
+    from singularity_ops.exporter.gateway.guard.access import check_exposure
     from singularity_ops.store import Database
 
+    check_exposure(config)  # before the database starts: a refusal is one line, at once
     database = None
     try:
         database = Database.open_migrated(config.database, config.home)
     except DatabaseError as exc:  # keep serving metrics; the catalogue keeper retries in the background
         log.warning("%s; starting without it and retrying", exc)
     exporter = Exporter.build(config, database=database, with_gateway=True, with_history=True)
+    supervisor = None
+    if config.database.url is None:  # the embedded server: start it again should it die
+        from singularity_ops.embedded_postgres import EmbeddedSupervisor
+
+        supervisor = EmbeddedSupervisor(config.home)
+        exporter.registry.register(supervisor)
+        supervisor.start()
     stop_controllers = threading.Event()
     if args.command == "run":
         from singularity_ops.controllers.registry import load_all
@@ -228,11 +254,14 @@ def cmd_exporter(config: Config, args: argparse.Namespace) -> int:
         start_controllers(config, sorted(load_all()), stop_controllers)
     try:  # libuv's event loop when installed (pip install 'singularity-ops[uvloop]'): a slightly cheaper proxy hop
         import uvloop
-    except ImportError:
-        asyncio.run(serve(exporter))
-    else:
-        uvloop.run(serve(exporter))
+
+        run = uvloop.run
+    except ImportError:  # chosen here, run below: an error while serving is not "during" this ImportError
+        run = asyncio.run
+    run(serve(exporter))
     stop_controllers.set()
+    if supervisor is not None:
+        supervisor.stop()
     return 0
 
 
@@ -240,9 +269,12 @@ def cmd_breakers(config: Config, args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
+    from singularity_ops.exporter.access import client_header
+
     url = f"http://{config.exporter.metrics_listen}/breakers"
+    request = urllib.request.Request(url, headers=client_header(config.metrics.auth))
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:
             breakers = json.loads(response.read())["breakers"]
     except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
         raise SingularityError(f"cannot read breakers from the exporter at {url} ({exc}); is `singularity-ops run` "
@@ -291,7 +323,39 @@ def _security(config: Config, args: argparse.Namespace) -> int:
     return security_cli.run(config, args)
 
 
+def _validate(config: Config, args: argparse.Namespace) -> int:
+    from singularity_ops.cli import validate as validate_cli
+
+    return validate_cli.run(config, args)
+
+
+def _keys(config: Config, args: argparse.Namespace) -> int:
+    from singularity_ops.cli import security as security_cli
+
+    return security_cli.run_keys(config, args)
+
+
+def _cache(config: Config, args: argparse.Namespace) -> int:
+    from singularity_ops.cli import cache as cache_cli
+
+    return cache_cli.run(config, args)
+
+
+def _prompts(config: Config, args: argparse.Namespace) -> int:
+    from singularity_ops.cli import prompts as prompts_cli
+
+    return prompts_cli.run(config, args)
+
+
+def _alerts(config: Config, args: argparse.Namespace) -> int:
+    from singularity_ops.cli import alerts as alerts_cli
+
+    return alerts_cli.run(config, args)
+
+
 LONG_RUNNING = {"run", "exporter", "stack", "controller"}
+# Loggers whose warnings show at every default level: a backup key file other users can read.
+ALWAYS_WARN = ("singularity_ops.controllers.backup.keys",)
 COMMANDS = {
     "run": cmd_exporter,
     "exporter": cmd_exporter,
@@ -301,6 +365,11 @@ COMMANDS = {
     "models": _models,
     "backup": _backup,
     "security": _security,
+    "validate": _validate,
+    "keys": _keys,
+    "alerts": _alerts,
+    "cache": _cache,
+    "prompts": _prompts,
     "breakers": cmd_breakers,
     "stack": cmd_stack,
 }
@@ -312,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from(args)
         default_level = "info" if args.command in LONG_RUNNING else "error"
         setup_logging(config.logging.level or default_level)
+        if config.logging.level is None:
+            for name in ALWAYS_WARN:  # warnings about a secret's safety, which no command's output repeats
+                logging.getLogger(name).setLevel(logging.WARNING)
         return COMMANDS[args.command](config, args)
     except SingularityError as exc:
         words = [args.command, *(getattr(args, f"{args.command}_command", None),)]

@@ -1,4 +1,5 @@
-"""``singularity-ops models plan | apply | demote | promote``: the model manager by hand."""
+"""``singularity-ops models plan | apply | demote | promote | routes``: the model manager by hand, and what the
+gateway's routes (``gateway.routes``) choose now."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from singularity_ops.errors import OllamaError, SingularityError
 
 def add_parser(subparsers: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:
     """Add ``models`` and its actions to the CLI; ``common`` adds the shared configuration flags to each."""
-    models = subparsers.add_parser("models", help="the model manager by hand: plan, apply, demote, promote")
+    models = subparsers.add_parser("models", help="the model manager by hand: plan, apply, demote, promote; "
+                                   "routes")
     actions = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     plan = actions.add_parser("plan", help="what the model manager would load, unload, keep and skip, and why")
     plan.add_argument("--at", metavar="ISO-8601", help="plan for this time (profile and demand window) instead of now; "
@@ -27,7 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction, common: Callable[[argpars
     demote.add_argument("--reason", default="demoted by hand", help="recorded with the status")
     promote = actions.add_parser("promote", help="let the model manager preload this model again")
     promote.add_argument("model", metavar="NAME")
-    for parser in (plan, apply, demote, promote):
+    routes = actions.add_parser("routes", help="each virtual model of gateway.routes: its current choice, and why")
+    routes.add_argument("--json", action="store_true", help="print the choices as JSON")
+    for parser in (plan, apply, demote, promote, routes):
         common(parser)
 
 
@@ -137,11 +141,58 @@ def cmd_promote(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_breakers(config: Config) -> set[str] | None:
+    """Open breakers of the running gateway (its exporter's /breakers); None when it cannot be asked."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{config.exporter.metrics_listen}/breakers", timeout=2) as response:
+            return {b["name"] for b in json.loads(response.read())["breakers"] if b.get("state") == "open"}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def cmd_routes(config: Config, args: argparse.Namespace) -> int:
+    from singularity_ops.exporter.gateway.model_names import canonical
+    from singularity_ops.exporter.gateway.routing import candidates_for, rank, read_validation
+    from singularity_ops.ollama_api import OllamaClient
+    from singularity_ops.ollama_state import OllamaState
+    from singularity_ops.store import Database
+
+    routes = {name: [canonical(m) for m in models] for name, models in config.gateway.routes.items()}
+    if not routes:
+        print(json.dumps({"routes": []}) if args.json else "no routes: set gateway.routes (docs/MODEL_VALIDATION.md)")
+        return 0
+    with OllamaClient(config.ollama.host, config.ollama.timeout_seconds) as client:
+        snapshot = OllamaState(client, 0).snapshot()
+    if not snapshot.up:
+        raise OllamaError(snapshot.error or f"Ollama at {config.ollama.host} is unavailable")
+    database = Database.open_migrated(config.database, config.home)
+    try:
+        with database.connect() as conn:
+            scores, demoted = read_validation(conn, sorted({m for listed in routes.values() for m in listed}))
+    finally:
+        database.close()
+    opened = _open_breakers(config)
+    installed, loaded = {m.name for m in snapshot.installed}, {m.name for m in snapshot.loaded}
+    choices = [rank(name, candidates_for(listed, installed, loaded, scores, demoted, opened or set()),
+                    config.gateway.route_loaded_margin) for name, listed in routes.items()]
+    if args.json:
+        print(json.dumps({"routes": [c.as_json() for c in choices], "breakers_known": opened is not None}, indent=2))
+        return 0
+    rows = [["ROUTE", "MODEL", "WHY"]] + [[c.route, c.model or "-", c.why] for c in choices]
+    print_table(rows)
+    if opened is None:
+        print(f"(breaker states unknown: no gateway answered at {config.exporter.metrics_listen}/breakers)")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "plan": cmd_plan,
     "apply": cmd_apply,
     "demote": cmd_demote,
     "promote": cmd_promote,
+    "routes": cmd_routes,
 }
 
 

@@ -5,6 +5,13 @@
     singularity-ops security bans unban CLIENT
 
 An unbanned client is let in by every running gateway within ``guard.sync_seconds`` (they re-read the bans).
+
+``singularity-ops keys``: the client API keys in ``gateway.api_keys_file`` (running gateways re-read it within
+``guard.sync_seconds``)::
+
+    singularity-ops keys add ID [--scope admin] [--json]   # prints the new key once; only its hash is kept
+    singularity-ops keys list [--json]
+    singularity-ops keys revoke ID
 """
 
 from __future__ import annotations
@@ -12,13 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from singularity_ops.cli.tables import print_table
 from singularity_ops.config import Config
-from singularity_ops.errors import SingularityError
+from singularity_ops.errors import ConfigError, SingularityError
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -74,8 +83,6 @@ def run(config: Config, args: argparse.Namespace) -> int:
 
 def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value is not None else None
-
-
 
 
 def events(conn: Any, args: argparse.Namespace) -> int:
@@ -140,4 +147,64 @@ def unban(conn: Any, client: str) -> int:
         raise SingularityError(f"client {client!r} is not banned; `singularity-ops security bans list` shows who is")
     print(f"unbanned {client}; running gateways let it in within guard.sync_seconds "
           f"(failed authentications it made before are forgotten)")
+    return 0
+
+
+# --- keys ---------------------------------------------------------------------------------------------------------
+
+
+def add_keys_parser(subparsers: Any, common: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
+    keys = subparsers.add_parser("keys", help="client API keys of the gateway (gateway.api_keys_file)")
+    commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    add = commands.add_parser("add", help="make a key, print it once, append its hash to the keys file")
+    add.add_argument("id", metavar="ID", help="who the key is for, e.g. open-webui (letters, digits, . _ @ : -)")
+    add.add_argument("--scope", choices=["inference", "admin"], default="inference",
+                     help="inference (default): generate, chat, embeddings, model listing; admin: also pull, push, "
+                          "create, copy, delete models and upload blobs")
+    add.add_argument("--json", action="store_true", help="print the result as JSON")
+    listing = commands.add_parser("list", help="the keys' ids and scopes (never the keys)")
+    listing.add_argument("--json", action="store_true", help="print the result as JSON")
+    revoke = commands.add_parser("revoke", help="remove a key; running gateways refuse it within guard.sync_seconds")
+    revoke.add_argument("id", metavar="ID", help="the key's id as `keys list` shows it")
+    for parser in (add, listing, revoke):
+        parser.add_argument("--file", metavar="PATH", type=Path,
+                            help="the keys file (default: gateway.api_keys_file of the configuration)")
+        common(parser)
+    return keys
+
+
+def run_keys(config: Config, args: argparse.Namespace) -> int:
+    from singularity_ops.exporter.gateway.guard.keys import ADMIN, INFERENCE, add_key, read_keys, revoke_key
+
+    path = args.file or config.gateway.api_keys_file
+    if path is None:
+        raise ConfigError("no keys file: set gateway.api_keys_file in the configuration (the gateway reads it), or "
+                          "pass --file PATH")
+    path = path.expanduser()
+    if args.keys_command == "add":
+        scopes = (INFERENCE, ADMIN) if args.scope == ADMIN else (INFERENCE,)
+        key, added = add_key(path, args.id, scopes)
+        if args.json:
+            print(json.dumps({"id": added.id, "key": key, "scopes": list(scopes), "file": str(path)}))
+        else:
+            print(key)
+            print(f"added key {added.id!r} (scopes {','.join(scopes)}) to {path}; the key is shown only now, the file "
+                  f"keeps its hash. Clients send 'Authorization: Bearer KEY'; running gateways load it within "
+                  f"guard.sync_seconds", file=sys.stderr)
+        return 0
+    if args.keys_command == "list":
+        keys = read_keys(path) if path.exists() else []
+        if args.json:
+            print(json.dumps({"file": str(path), "keys": [
+                {"id": k.id, "scopes": sorted(k.scopes), "sha256_prefix": k.digest[:12]} for k in keys]}, indent=2))
+        elif not keys:
+            print(f"no keys in {path}; add one with `singularity-ops keys add ID`")
+        else:
+            print_table([["ID", "SCOPES", "SHA256"],
+                         *([k.id, ",".join(s for s in (INFERENCE, ADMIN) if s in k.scopes), k.digest[:12] + "…"]
+                           for k in keys)])
+        return 0
+    if not path.exists() or not revoke_key(path, args.id):
+        raise SingularityError(f"no key {args.id!r} in {path}; `singularity-ops keys list` shows the ids")
+    print(f"revoked key {args.id!r} in {path}; running gateways refuse it within guard.sync_seconds")
     return 0

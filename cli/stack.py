@@ -1,8 +1,9 @@
 """``singularity-ops stack``: Prometheus and Alertmanager from PATH with this repository's rules and configs.
 
 For laptops and tests, the compose stack without Docker: both on loopback, their data and the effective
-configs (rendered with the exporter's address, the chosen intervals and the Telegram secrets, mode 0600)
-under ``SINGULARITY_HOME/stack``. Ctrl-C (or SIGTERM) stops both.
+configs (rendered with the exporter's address and ``metrics.auth``, the chosen intervals and the Telegram secrets,
+mode 0600) under ``SINGULARITY_HOME/stack``. Ctrl-C (or SIGTERM) stops both. They get a scrubbed environment:
+what they need is in those files, so ``TELEGRAM_BOT_TOKEN`` and every other secret of ours stays with us.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ from singularity_ops.errors import ConfigError, SingularityError
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
+# The variables a Go program may want (locale, time zone, temp dir, proxies and CAs for reaching Telegram, Go's
+# runtime knobs); everything else (TELEGRAM_BOT_TOKEN, SINGULARITY_DATABASE_URL, cloud credentials) stays here.
+CHILD_VARIABLES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    "GOMAXPROCS", "GOMEMLIMIT", "GOGC", "GODEBUG"})
 BINARIES = {  # what to look for on PATH, and the Debian package that has it
     "prometheus": (("prometheus",), "prometheus"),
     "alertmanager": (("prometheus-alertmanager", "alertmanager"), "prometheus-alertmanager"),
@@ -53,6 +60,20 @@ def find_binary(name: str) -> str:
     raise SingularityError(f"{name} is not on PATH; install it with: sudo apt-get install {package}")
 
 
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if k in CHILD_VARIABLES or k.startswith("LC_")}
+
+
+def _scrape_auth(config: Config) -> dict[str, object]:
+    """metrics.auth as a Prometheus scrape config says it (``authorization`` or ``basic_auth``)."""
+    auth = config.metrics.auth
+    if auth.bearer_token is not None:
+        return {"authorization": {"type": "Bearer", "credentials": auth.bearer_token.get_secret_value()}}
+    if auth.username is not None and auth.password is not None:
+        return {"basic_auth": {"username": auth.username, "password": auth.password.get_secret_value()}}
+    return {}
+
+
 def _write_private(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -77,6 +98,7 @@ def render_prometheus(config: Config, options: StackOptions, out: Path) -> Path:
     for job in document.get("scrape_configs", []):
         job["scrape_interval"] = options.scrape_interval
         job["static_configs"] = [{"targets": [config.exporter.metrics_listen]}]
+        job.update(_scrape_auth(config))
     _write_private(out, yaml.safe_dump(document, sort_keys=False))
     return out
 
@@ -149,7 +171,7 @@ class Stack:
             for name, command in commands.items():
                 log_file = (self.directory / f"{name}.log").open("ab")
                 self.processes[name] = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                                        start_new_session=True)
+                                                        env=child_environment(self.environ), start_new_session=True)
                 listen = self.options.alertmanager_listen if name == "alertmanager" else self.options.prometheus_listen
                 _ready(f"http://{listen}/-/ready", self.processes[name], name)
         except BaseException:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -21,11 +22,14 @@ class Controller(Protocol):
         """Release what the controller holds (connections, locks)."""
 
 
-def run_forever(controller: Controller, stop: threading.Event) -> None:
-    """Tick every ``interval_seconds`` until ``stop`` is set; an error is a log line, never the end of the loop."""
+def run_forever(controller: Controller, stop: threading.Event, *, clock: Callable[[], float] = time.monotonic,
+                wait: Callable[[float], object] | None = None) -> None:
+    """Tick every ``interval_seconds`` until ``stop`` is set; an error is a log line, never the end of the loop.
+    ``clock`` and ``wait`` (default: ``stop.wait``, so a stop cuts the wait short) are injected by tests."""
+    wait = wait or stop.wait
     failing = False
     while not stop.is_set():
-        started = time.monotonic()
+        started = clock()
         try:
             controller.tick()
             if failing:
@@ -36,5 +40,5 @@ def run_forever(controller: Controller, stop: threading.Event) -> None:
                 log.warning("controller %s failed: %s: %s (retrying every %g s)", controller.name,
                             type(exc).__name__, exc, controller.interval_seconds)
             failing = True
-        stop.wait(max(0.0, controller.interval_seconds - (time.monotonic() - started)))
+        wait(max(0.0, controller.interval_seconds - (clock() - started)))
     controller.close()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 
 import psycopg
@@ -16,8 +17,9 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from singularity_ops.config import Config, parse_listen
+from singularity_ops.config import Config
 from singularity_ops.errors import SingularityError
+from singularity_ops.exporter import access
 from singularity_ops.exporter.collectors.alert_thresholds import AlertThresholds
 from singularity_ops.exporter.collectors.backup import BackupCollector
 from singularity_ops.exporter.collectors.catalogue import CatalogueKeeper
@@ -27,8 +29,20 @@ from singularity_ops.exporter.collectors.model_manager import ModelManagerCollec
 from singularity_ops.exporter.collectors.ollama import OllamaCollector
 from singularity_ops.exporter.collectors.runner import RunnerCollector, RunnerScan
 from singularity_ops.exporter.collectors.scrape import ScrapeCollector
+from singularity_ops.exporter.collectors.validation import ValidationCollector
+from singularity_ops.exporter.connections import (
+    METRICS_MAX_CONNECTIONS,
+    METRICS_MAX_PER_CLIENT,
+    AcceptErrors,
+    ConnectionBook,
+    ConnectionMetrics,
+    Limits,
+    fit_to_file_limit,
+    raise_file_limit,
+)
 from singularity_ops.exporter.gateway.history.writer import HistoryWriter
 from singularity_ops.exporter.gateway.service import GatewayService
+from singularity_ops.exporter.listener import Listener, drop_server_header, expect
 from singularity_ops.ollama_api import OllamaClient
 from singularity_ops.ollama_state import OllamaState
 from singularity_ops.store import Database, KeptConnection
@@ -44,10 +58,12 @@ class Exporter:
     scrape: ScrapeCollector
     catalogue: CatalogueKeeper | None = None
     gateway: GatewayService | None = None
+    connections: ConnectionMetrics = field(default_factory=ConnectionMetrics)
 
     @classmethod
     def build(cls, config: Config, *, database: Database | None = None, nvml: ModuleType | None = None,
               with_database: bool = True, with_gateway: bool = False, with_history: bool = False) -> Exporter:
+        access.check(config.metrics.auth)
         client = OllamaClient(config.ollama.host, config.ollama.timeout_seconds)
         state = OllamaState(client, config.ollama.cache_seconds)
         registry = CollectorRegistry(auto_describe=False)
@@ -62,12 +78,15 @@ class Exporter:
             readers = KeptConnection(handle.connect)  # one connection for both, not one each
             collectors.append(ModelManagerCollector(readers, [p.name for p in config.model_manager.profiles]))
             collectors.append(BackupCollector(readers, config.backup))
+            collectors.append(ValidationCollector(readers))
         scrape = ScrapeCollector(collectors, timeout_seconds=config.exporter.collector_timeout_seconds)
         registry.register(scrape)
         registry.register(AlertThresholds(config.alerts.thresholds))
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
+        connections = ConnectionMetrics()
+        registry.register(connections)
         catalogue = None
         if with_database:
             catalogue = CatalogueKeeper(handle.get, state, config.memory)
@@ -76,24 +95,29 @@ class Exporter:
         if with_gateway:
             history = None
             if with_history:
-                history = HistoryWriter(handle.connect, config.home / "history-spill",
-                                        memory_rows=config.history.memory_rows,
-                                        spill_max_bytes=config.history.spill_max_bytes,
-                                        retention_days=config.history.retention_days)
+                try:
+                    history = HistoryWriter(handle.connect, config.home / "history-spill",
+                                            memory_rows=config.history.memory_rows,
+                                            spill_max_bytes=config.history.spill_max_bytes,
+                                            retention_days=config.history.retention_days)
+                except RuntimeError as exc:  # the spill directory's lock: another exporter has this home
+                    raise SingularityError(f"{exc}: another exporter runs with home {config.home}; stop it, or "
+                                           "give this one its own --home") from None
                 registry.register(history)
             gateway = GatewayService(config, registry, state, history)
-        return cls(config, registry, state, scrape, catalogue, gateway)
+        return cls(config, registry, state, scrape, catalogue, gateway, connections)
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
 
     def web_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/breakers", self._breakers)
-        app.router.add_get("/", self._index)
+        auth = self.config.metrics.auth
+        app = web.Application(middlewares=[access.middleware(auth)] if access.enabled(auth) else [])
+        app.on_response_prepare.append(drop_server_header)
+        for path, handler in (("/metrics", self._metrics), ("/healthz", self._healthz),
+                              ("/breakers", self._breakers), ("/", self._index)):
+            app.router.add_get(path, handler, expect_handler=expect)
         return app
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -141,19 +165,15 @@ class DatabaseHandle:
         return self.get().connect()
 
 
-async def _listen(app: web.Application, address: str, flag: str, runners: list[web.AppRunner],
-                  **options: object) -> None:
-    host, port = parse_listen(address)
-    runner = web.AppRunner(app, access_log=None, **options)
-    await runner.setup()
-    runners.append(runner)
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as exc:
-        for started in runners:
-            await started.cleanup()
-        raise SingularityError(f"cannot listen on {address}: {exc.strerror}; choose another address with {flag}") \
-            from None
+def _limits(config: Config, file_limit: int) -> tuple[Limits, Limits]:
+    """The caps of the gateway and of /metrics, both within the process's file limit."""
+    gateway = config.gateway
+    total, per_client = fit_to_file_limit(file_limit, gateway.max_connections, gateway.max_connections_per_client)
+    proxies = tuple(ipaddress.ip_network(p.strip(), strict=False)
+                    for p in gateway.trusted_proxies.split(",") if p.strip())
+    timeouts = (gateway.header_timeout_seconds, gateway.idle_timeout_seconds)
+    return (Limits("gateway", total, per_client, *timeouts, exempt=proxies),
+            Limits("metrics", METRICS_MAX_CONNECTIONS, METRICS_MAX_PER_CLIENT, *timeouts))
 
 
 async def serve(exporter: Exporter, stop: asyncio.Event | None = None) -> None:
@@ -163,23 +183,45 @@ async def serve(exporter: Exporter, stop: asyncio.Event | None = None) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):  # first: a SIGTERM during start-up still stops cleanly
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not in the main thread
             loop.add_signal_handler(signum, stop.set)
-    runners: list[web.AppRunner] = []
-    await _listen(exporter.web_app(), config.exporter.metrics_listen, "--metrics-listen", runners)
-    log.info("exporter serving /metrics on http://%s (ollama %s)", config.exporter.metrics_listen, config.ollama.host)
-    if exporter.gateway is not None:
-        await exporter.gateway.start()
-        # handler_cancellation: a client that disconnects cancels its handler, which closes the upstream call.
-        await _listen(exporter.gateway.gateway.web_app(), config.gateway.listen, "--gateway-listen", runners,
-                      handler_cancellation=True)
-        log.info("gateway listening on http://%s -> %s", config.gateway.listen, config.ollama.host)
-    if exporter.catalogue is not None:
-        exporter.catalogue.start()
+    file_limit = raise_file_limit()
+    gateway_limits, metrics_limits = _limits(config, file_limit)
+    accept_errors = exporter.connections.accept_errors = AcceptErrors(file_limit)
+    accept_errors.install(loop)
+    listeners: list[Listener] = []
+    gateway_started = serving = False
     try:
+        await _listen(Listener(exporter.web_app(), ConnectionBook(metrics_limits), accept_errors),
+                      config.exporter.metrics_listen, "--metrics-listen", listeners, exporter)
+        log.info("exporter serving /metrics on http://%s (ollama %s)", config.exporter.metrics_listen,
+                 config.ollama.host)
+        access.warn_if_open(config.metrics.auth, config.exporter.metrics_listen)
+        if exporter.gateway is not None:
+            await exporter.gateway.start()
+            gateway_started = True
+            # handler_cancellation: a client that disconnects cancels its handler, which closes the upstream call;
+            # auto_decompress off: the gateway decodes bodies itself, within gateway.max_body_bytes.
+            gateway = Listener(exporter.gateway.gateway.web_app(), ConnectionBook(gateway_limits), accept_errors,
+                               handler_cancellation=True, auto_decompress=False)
+            await _listen(gateway, config.gateway.listen, "--gateway-listen", listeners, exporter)
+            log.info("gateway listening on http://%s -> %s (at most %d connections, %d per client; open-file "
+                     "limit %d)", config.gateway.listen, config.ollama.host, gateway_limits.max_connections,
+                     gateway_limits.max_per_client, file_limit)
+        if exporter.catalogue is not None:
+            exporter.catalogue.start()
+        serving = True
         await stop.wait()
     finally:
         log.info("exporter stopping")
-        for runner in reversed(runners):
-            await runner.cleanup()
-        if exporter.gateway is not None:
+        for listener in reversed(listeners):
+            await listener.close()
+        if exporter.gateway is not None and gateway_started:
             await exporter.gateway.close()
-        exporter.close()
+        if serving:  # a failed start ends the process: nothing was started that needs stopping
+            exporter.close()
+        accept_errors.uninstall(loop)
+
+
+async def _listen(listener: Listener, address: str, flag: str, listeners: list[Listener], exporter: Exporter) -> None:
+    await listener.start(address, flag)
+    listeners.append(listener)
+    exporter.connections.books.append(listener.book)

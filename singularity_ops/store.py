@@ -1,7 +1,8 @@
 """The PostgreSQL history store: an external server from ``SINGULARITY_DATABASE_URL`` or the embedded one.
 
 The embedded server is a real PostgreSQL from the ``pgserver`` wheel, kept under ``SINGULARITY_HOME/postgres``:
-created on first use, reused after, and stopped when the last process using it exits.
+created on first use, reused after, and stopped when the last process using it exits; `run` and `exporter` start
+it again should it die (embedded_postgres.py).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-EMBEDDED_DATABASE = "singularity_ops"
-
 
 def redact_url(url: str) -> str:
     """The URL with any password replaced, fit for errors and logs."""
@@ -35,31 +33,11 @@ def redact_url(url: str) -> str:
 
 
 def start_embedded(home: Path) -> str:
-    """Start (or attach to) the embedded PostgreSQL under ``home`` and return a URL to its database."""
-    try:
-        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset (services, CI)
-            warnings.simplefilter("ignore")
-            import pgserver
-    except ImportError:  # pragma: no cover - pgserver is a hard dependency
-        raise DatabaseError(
-            "the embedded PostgreSQL needs the 'pgserver' package; install it or set SINGULARITY_DATABASE_URL"
-        ) from None
-    pgdata = home / "postgres"
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        server = pgserver.get_server(pgdata, cleanup_mode="stop")
-    except Exception as exc:  # pgserver raises plain exceptions (CalledProcessError, AssertionError…)
-        raise DatabaseError(
-            f"cannot start the embedded PostgreSQL in {pgdata}: {exc}; see {pgdata / 'log'} or set "
-            "SINGULARITY_DATABASE_URL to an external server"
-        ) from None
-    admin_url = server.get_uri()
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DATABASE,)).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{EMBEDDED_DATABASE}"')
-            log.info("created embedded database %s in %s", EMBEDDED_DATABASE, pgdata)
-    return server.get_uri(EMBEDDED_DATABASE)
+    """Start (or attach to) the embedded PostgreSQL under ``home`` and return a URL to its database; what a killed
+    process left behind is cleared first (embedded_postgres.py)."""
+    from singularity_ops.embedded_postgres import start
+
+    return start(home)
 
 
 def check_connection(url: str, timeout: float) -> None:

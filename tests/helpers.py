@@ -80,3 +80,16 @@ class Running:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
         return response.text
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand: inject it, then ``advance`` instead of sleeping."""
+
+    def __init__(self, start: float = 1_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -68,6 +68,7 @@ def test_the_import_contracts_hold() -> None:
     assert "0 broken" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("module", "forbidden"), [
     ("singularity_ops/store.py", "singularity_ops.exporter.app"),             # core → exporter
     ("controllers/base.py", "singularity_ops.exporter.collectors.host"),    # controllers → exporter

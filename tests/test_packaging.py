@@ -7,6 +7,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 
 PROBE = (
@@ -16,6 +18,7 @@ PROBE = (
 )
 
 
+@pytest.mark.slow
 def test_wheel_installs_under_one_import_name_and_imports(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
                     str(tmp_path / "dist"), str(REPO)], check=True, capture_output=True)
@@ -37,6 +40,7 @@ def test_wheel_installs_under_one_import_name_and_imports(tmp_path: Path) -> Non
     assert migrations == ",".join(sorted(p.name for p in (REPO / "migrations").glob("*.sql")))
 
 
+@pytest.mark.slow
 def test_editable_install_imports_from_the_repository(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", PROBE], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

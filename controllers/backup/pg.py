@@ -22,7 +22,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from singularity_ops.controllers.backup.format import BackupError
+from singularity_ops.controllers.backup.errors import BackupError
 from singularity_ops.logs import redact
 from singularity_ops.store import redact_url
 

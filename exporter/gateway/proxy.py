@@ -30,14 +30,22 @@ from singularity_ops.exporter.gateway.cost import CostModel
 from singularity_ops.exporter.gateway.endpoints import INFERENCE, Dialect, Endpoint, endpoint_label
 from singularity_ops.exporter.gateway.metering import GatewayMetrics
 from singularity_ops.exporter.gateway.model_names import ModelNames
+from singularity_ops.exporter.gateway.request import (
+    HOP_BY_HOP,
+    Refused,
+    forwarded_headers,
+    json_object,
+    read_body,
+    upstream_headers,
+)
+from singularity_ops.exporter.gateway.routing import add_route_header
 from singularity_ops.exporter.gateway.tracing import Tracing
-from singularity_ops.exporter.gateway.usage import StreamMeter, Usage, read_body
+from singularity_ops.exporter.gateway.usage import StreamMeter, Usage
+from singularity_ops.exporter.gateway.usage import read_body as read_answer
+from singularity_ops.exporter.listener import expect
 
 log = logging.getLogger(__name__)
 
-HOP_BY_HOP = frozenset(h.lower() for h in (
-    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
-    "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Accept-Encoding"))
 STREAM_TYPES = ("application/x-ndjson", "text/event-stream")
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request", only ever in metrics and history
 
@@ -88,9 +96,11 @@ class Gateway:
         self.submit_history = submit_history
         self.rollup = rollup
         self.tracing = tracing
-        self.guard = guard  # the threat detector (guard.py); None when guard.enabled is false
+        self.guard = guard  # guard/detector.py: keys, scopes, admin routes; the detectors unless guard.enabled is false
+        self.router: Any = None  # gateway.routes (routing.RouteTable), set by the service when routes are configured
         upstream = urlsplit(self.upstream)
         self._server = (upstream.hostname, upstream.port)
+        self._upstream_headers = upstream_headers(config.upstream.headers)  # secrets: never logged
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -106,20 +116,10 @@ class Gateway:
 
     def web_app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.gateway.max_body_bytes + 1)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
+        app.router.add_route("*", "/{tail:.*}", self.handle, expect_handler=expect)
         app.on_response_prepare.append(_drop_server_header)
+        app.on_response_prepare.append(add_route_header)
         return app
-
-    async def _read_body(self, request: web.Request) -> bytes | None:
-        limit = self.config.gateway.max_body_bytes
-        if request.content_length is not None:
-            return None if request.content_length > limit else await request.read()
-        body = bytearray()  # chunked upload: count as it comes
-        async for chunk in request.content.iter_any():
-            body += chunk
-            if len(body) > limit:
-                return None
-        return bytes(body)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         received = time.perf_counter()
@@ -135,16 +135,20 @@ class Gateway:
             self._record(outcome)
 
     async def _handle(self, request: web.Request, outcome: Outcome) -> web.StreamResponse:
-        body = await self._read_body(request)
-        if body is None:
-            self.metrics.child(self.metrics.rejected, "body_too_large").inc()
-            outcome.status, outcome.error_type = 413, "body_too_large"
-            return error_response(413, f"request body too large: the gateway accepts at most "
-                                       f"{self.config.gateway.max_body_bytes} bytes (gateway.max_body_bytes)")
         endpoint, payload, strip_usage, permit = outcome.endpoint, None, False, None
-        if endpoint is not None:
-            payload = _json_object(body)
-            outcome.model = self.names.label(payload.get("model") if payload else None)
+        try:  # too large, undecodable, an unknown Content-Encoding, JSON nested too deeply: 4xx, never a traceback
+            body = await read_body(request, self.config.gateway.max_body_bytes)
+            if endpoint is not None:
+                payload = json_object(body)
+                if payload is not None and self.router is not None:  # a route name → its chosen model
+                    body, unroutable = self.router.apply(request, payload, body)
+                    if unroutable is not None:
+                        raise Refused(503, "no_route", unroutable)
+                outcome.model = self.names.label(payload.get("model") if payload else None)
+        except Refused as refused:
+            self.metrics.child(self.metrics.rejected, refused.reason).inc()
+            outcome.status, outcome.error_type = refused.status, refused.reason
+            return error_response(refused.status, refused.message, refused.headers)
         if self.guard is not None:
             outcome.client, refusal = await self.guard.check(request.remote, request.path, request.headers, endpoint,
                                                              payload)
@@ -213,7 +217,8 @@ class Gateway:
         request = {"model": model, "stream": False, "messages": [
             {"role": "system", "content": SUMMARISE_INSTRUCTION}, {"role": "user", "content": transcript(dropped)}]}
         try:
-            async with self.session.post(self.upstream + "/api/chat", json=request) as reply:
+            async with self.session.post(self.upstream + "/api/chat", json=request,
+                                         headers=self._upstream_headers) as reply:
                 answer = await reply.json(content_type=None) if reply.status == 200 else None
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             log.warning("summariser %s failed (%s); dropping the oldest turns instead", model, exc)
@@ -227,7 +232,7 @@ class Gateway:
     async def _forward(self, request: web.Request, body: bytes, outcome: Outcome,
                        strip_usage: bool) -> web.StreamResponse:
         assert self.session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers = forwarded_headers(request.headers, self._upstream_headers)
         url = self.upstream + request.rel_url.raw_path_qs
         openai = outcome.endpoint is not None and outcome.endpoint.dialect is Dialect.OPENAI
         keep_text = self.config.history.store_text and outcome.endpoint is not None
@@ -240,8 +245,10 @@ class Gateway:
                     return await self._stream(request, upstream, reply_headers, outcome, openai, keep_text,
                                               strip_usage)
                 data = await upstream.read()
+                if self.router is not None:  # route names in /api/tags and /v1/models
+                    data = self.router.listing(request.path, upstream.status, data)
                 if outcome.endpoint is not None:
-                    read_body(data, openai, outcome.usage, keep_text)
+                    read_answer(data, openai, outcome.usage, keep_text)
                 return web.Response(status=upstream.status, body=data, headers=reply_headers)
         except TimeoutError:
             outcome.status, outcome.error_type = 504, "timeout"
@@ -347,14 +354,6 @@ class Gateway:
                 "response_text": "".join(usage.text) if self.config.history.store_text and usage.text else None,
                 "error": outcome.error or usage.error,
             })
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return payload if isinstance(payload, dict) else None
 
 
 def _settle(permit: Any, outcome: Outcome) -> None:

@@ -10,17 +10,21 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import CollectorRegistry
 
 from singularity_ops.config import Config
-from singularity_ops.exporter.gateway.breaker import BreakerPolicy, BreakerRegistry, Transition
+from singularity_ops.exporter.gateway.breaker import BreakerPolicy, Transition
+from singularity_ops.exporter.gateway.breaker_registry import BreakerRegistry
 from singularity_ops.exporter.gateway.cost import CostModel
+from singularity_ops.exporter.gateway.guard.access import check_exposure
 from singularity_ops.exporter.gateway.guard.detector import Guard, GuardMetrics
 from singularity_ops.exporter.gateway.history.rollup import MinuteRollup
 from singularity_ops.exporter.gateway.history.writer import HistoryWriter
 from singularity_ops.exporter.gateway.metering import GatewayMetrics
 from singularity_ops.exporter.gateway.model_names import ModelNames
 from singularity_ops.exporter.gateway.proxy import Gateway
+from singularity_ops.exporter.gateway.routing import RouteTable, open_breakers_of
 from singularity_ops.exporter.gateway.tracing import Tracing
 from singularity_ops.hardware import hottest_cpu_celsius, shared_nvml
 from singularity_ops.ollama_state import OllamaState
+from singularity_ops.store import KeptConnection
 
 log = logging.getLogger(__name__)
 REFRESH_SECONDS = 5.0
@@ -51,19 +55,26 @@ class GatewayService:
         )
         registry.register(self.breakers)
         self.tracing = Tracing.from_environment()
-        self.guard, self.alerts = None, None
-        if config.guard.enabled:
-            if config.guard.spike.enabled:
-                from singularity_ops.alerting.push import AlertPusher
+        check_exposure(config)
+        self.alerts = None
+        if config.guard.enabled and config.guard.spike.enabled:
+            from singularity_ops.alerting.push import AlertPusher
 
-                self.alerts = AlertPusher(config.alerts.alertmanager_url)
-            # The history's own database handle: bans are read back from where the history writes them.
-            self.guard = Guard(config, self.submit_history, history._connect if history is not None else None,
-                               self._spike_alert if self.alerts is not None else None)
-            registry.register(GuardMetrics(self.guard))
+            self.alerts = AlertPusher(config.alerts.alertmanager_url)
+        # Always: keys, scopes and admin routes hold with guard.enabled false too (only the detectors go).
+        # The history's own database handle: bans are read back from where the history writes them.
+        self.guard = Guard(config, self.submit_history, history._connect if history is not None else None,
+                           self._spike_alert if self.alerts is not None else None)
+        registry.register(GuardMetrics(self.guard))
         self.gateway = Gateway(config, GatewayMetrics(registry), self.names, self.breakers,
                                CostModel(config.cost, lambda: self._watts), self.submit_history, rollup,
                                self.tracing, self.guard)
+        self.routes: RouteTable | None = None
+        if config.gateway.routes:  # quality-aware routing: scores and demotions from the history's database
+            self.routes = RouteTable(config.gateway.routes, config.gateway.route_loaded_margin,
+                                     KeptConnection(history._connect) if history is not None else None,
+                                     open_breakers_of(self.breakers))
+            self.gateway.router = self.routes
         self.rollup = rollup
         self._task: asyncio.Task[None] | None = None
 
@@ -87,6 +98,8 @@ class GatewayService:
         snapshot = self.state.snapshot()
         if snapshot.up:
             self.names.update([m.name for m in snapshot.installed])
+        if self.routes is not None:
+            self.routes.refresh(snapshot)
         self._watts = shared_nvml().power_watts()
         self._temperatures = read_temperatures()
 
@@ -100,10 +113,9 @@ class GatewayService:
         if self.history is not None:
             self.history.start()
         await self.gateway.start()
-        if self.guard is not None:
-            if self.alerts is not None:
-                self.alerts.start()
-            await self.guard.start()
+        if self.alerts is not None:
+            self.alerts.start()
+        await self.guard.start()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.refresh)
         self._task = asyncio.create_task(self._refresh_forever())
@@ -124,8 +136,9 @@ class GatewayService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.gateway.close()
-        if self.guard is not None:
-            await self.guard.close()
+        if self.routes is not None:
+            self.routes.close()
+        await self.guard.close()
         if self.alerts is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.alerts.stop, 1.0)
         if self.tracing is not None:

@@ -84,7 +84,7 @@ def read_body(body: bytes, openai: bool, usage: Usage, keep_text: bool) -> None:
     """A whole (non-streamed) JSON answer."""
     try:
         obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # an answer nested too deeply is not metered
         return
     text = (read_openai if openai else read_ollama)(obj, usage)
     if keep_text and text:
@@ -137,7 +137,7 @@ class StreamMeter:
                 return False
         try:
             obj = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return False
         text = (read_openai if self.openai else read_ollama)(obj, self.usage)
         if text:

@@ -13,10 +13,11 @@ import json
 import logging
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,6 +52,10 @@ class AlertPusher(Collector):
     max_queued: int = 1000
     retry_seconds: float = 1.0
     max_retry_seconds: float = 60.0
+    # Injected in tests: the wall clock stamped on alerts, and the wait between retries (default: the stop event's,
+    # so stop() cuts a backoff short).
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC), repr=False)
+    backoff: Callable[[float], object] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._queue: deque[PushedAlert] = deque()
@@ -87,7 +92,7 @@ class AlertPusher(Collector):
              lasts: timedelta = timedelta(hours=1)) -> None:
         """Queue one alert. ``lasts``: when Alertmanager should consider it resolved if not pushed again (the
         events pushed here have no natural end); ``resolved``: end it now."""
-        now = datetime.now(UTC)
+        now = self.clock()
         alert = PushedAlert(
             labels={"alertname": alertname, "severity": severity, "instance": self.instance, **(labels or {})},
             annotations={"summary": summary, "description": description or summary,
@@ -103,8 +108,8 @@ class AlertPusher(Collector):
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until the queue is empty (tests, shutdown)."""
-        deadline = datetime.now(UTC) + timedelta(seconds=timeout)
-        while self._queue and datetime.now(UTC) < deadline:
+        deadline = time.monotonic() + timeout
+        while self._queue and time.monotonic() < deadline:
             self._stop.wait(0.02)
         return not self._queue
 
@@ -131,7 +136,7 @@ class AlertPusher(Collector):
                         log.warning("cannot push alerts to Alertmanager at %s (%s); retrying in the background",
                                     self.url, getattr(exc, "reason", exc))
                         self._down = True
-                    self._stop.wait(delay)
+                    (self.backoff or self._stop.wait)(delay)
                     delay = min(delay * 2, self.max_retry_seconds)
                     continue
                 with self._lock:  # a full queue may have dropped some of the batch meanwhile

@@ -97,6 +97,11 @@ def _build(cls: type, data: Any, path: str, problems: list[str], provenance: dic
             for item, item_raw in raw.items():
                 if dataclasses.is_dataclass(item_kind):
                     table[str(item)] = _build(item_kind, item_raw, f"{key}.{item}.", problems, provenance)
+                elif typing.get_origin(item_kind) is list:  # e.g. gateway.routes: {name: [models]}, checked each
+                    items = _build_list(item_raw, typing.get_args(item_kind)[0], spec, f"{key}.{item}", problems,
+                                        provenance)
+                    if items is not _INVALID:
+                        table[str(item)] = items
                 else:
                     table[str(item)] = _checked(item_raw, item_kind, spec, f"{key}.{item}", problems, provenance)
             values[name] = table
@@ -163,6 +168,7 @@ ENVIRONMENT: dict[str, str] = {
     "OLLAMA_KV_CACHE_TYPE": "memory.kv_cache_type",
     "SINGULARITY_METRICS_LISTEN": "exporter.metrics_listen",
     "SINGULARITY_GATEWAY_LISTEN": "gateway.listen",
+    "SINGULARITY_API_KEYS_FILE": "gateway.api_keys_file",
     "SINGULARITY_ALERTMANAGER_URL": "alerts.alertmanager_url",
     "SINGULARITY_LOG_LEVEL": "logging.level",
     "SINGULARITY_BACKUP_KEY_FILE": "backup.key_file",

@@ -6,6 +6,7 @@ the environment and flags.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,8 @@ from singularity_ops.config.fields import (
     setting,
     setting_table,
 )
+from singularity_ops.config.cache import CacheConfig
+from singularity_ops.config.prompt_optimizer import PromptOptimizerConfig
 from singularity_ops.ollama_host import parse_ollama_host
 from singularity_ops.schedule import WEEKDAYS, check_hours, parse_days, week_overlap
 
@@ -136,6 +139,15 @@ class GuardConfig:
     injection: GuardInjectionConfig = field(default_factory=GuardInjectionConfig)
 
 
+def _route_candidates(value: list[str]) -> list[str]:
+    names = [name.strip() for name in value]
+    if not names or not all(names):
+        raise ValueError("a route needs one or more candidate model names")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a candidate is listed twice in {names}")
+    return names
+
+
 @dataclass
 class GatewayConfig:
     listen: str = setting("127.0.0.1:11435", check=_listen)
@@ -148,10 +160,51 @@ class GatewayConfig:
     context_budgets: dict[str, int] = setting_table(gt=0)
     # An installed model that summarises the turns compression drops, instead of losing them.
     summariser_model: str | None = None
+    # Virtual model names → candidate models, e.g. {coder: [qwen2.5-coder:7b, qwen2.5-coder:1.5b]}: a request for the
+    # name goes to the best candidate by validation score that is not demoted (docs/MODEL_VALIDATION.md).
+    routes: dict[str, list[str]] = field(default_factory=dict, metadata={"check": _route_candidates})
+    # A loaded candidate is preferred over a better-scored one that is not loaded when their quality scores differ
+    # by at most this much.
+    route_loaded_margin: float = setting(0.05, ge=0, check=lambda v: _at_most(v, 1.0))
     # Client API keys, hashed (docs/ANOMALY_DETECTION.md); unset = no key needed.
     api_keys_file: Path | None = setting(None, check=_expand)
     # Comma-separated addresses/networks whose X-Forwarded-For is believed (a reverse proxy in front).
     trusted_proxies: str = setting("", check=_networks)
+    # Serve beyond loopback without api_keys_file (refused otherwise: anyone reaching it could delete models).
+    allow_unauthenticated: bool = False
+    # Admin routes (pull, push, create, copy, delete, blobs) from this machine without an admin key;
+    # None = true exactly when `listen` is a loopback address.
+    admin_from_loopback: bool | None = None
+    # A client has this long from connecting (or from the first byte after an idle keep-alive) to send its whole
+    # request line and headers; then the connection is closed (slowloris).
+    header_timeout_seconds: float = setting(10.0, gt=0)
+    # A keep-alive connection with no request for this long is closed.
+    idle_timeout_seconds: float = setting(60.0, gt=0)
+    # Open client connections at most, in total and per client address (IPv6: per /64; trusted proxies count in
+    # the total only). Both are lowered to fit the process's file limit; connections beyond are closed at accept.
+    max_connections: int = setting(4096, gt=0)
+    max_connections_per_client: int = setting(256, gt=0)
+
+
+@dataclass
+class UpstreamConfig:
+    # Headers the gateway adds to every request it forwards to OLLAMA_HOST (an auth proxy's token, say). The
+    # client's own Authorization and X-API-Key are the gateway's and never reach Ollama. Values are secrets.
+    headers: dict[str, Secret] = setting_table()
+
+
+@dataclass
+class MetricsAuthConfig:
+    # What /metrics and the exporter's own routes (/breakers, /) require, as a Prometheus scrape config sends
+    # it: a bearer token (`authorization`), or a user and password (`basic_auth`). /healthz stays open.
+    bearer_token: Secret | None = None
+    username: str | None = None
+    password: Secret | None = None
+
+
+@dataclass
+class MetricsConfig:
+    auth: MetricsAuthConfig = field(default_factory=MetricsAuthConfig)
 
 
 @dataclass
@@ -190,7 +243,7 @@ class AlertsConfig:
 @dataclass
 class LoggingConfig:
     # None: "info" for the long-running commands (run, exporter), "error" for one-shot commands whose
-    # own output already says what went wrong.
+    # own output already says what went wrong (a backup key file others can read is still a warning).
     level: Literal["debug", "info", "warning", "error"] | None = None
 
 
@@ -237,10 +290,21 @@ class ModelManagerConfig:
 
 
 
+def _age_recipients(value: list[str]) -> list[str]:
+    keys = [key.strip() for key in value]
+    for key in keys:  # the shape only; the backup itself checks the checksum (keys.py)
+        if not re.fullmatch(r"age1[02-9ac-hj-np-z]{58}", key):
+            raise ValueError(f"{key[:12]!r}… is not an age public key (age1… as `age-keygen -y KEYFILE` prints it)")
+    return keys
+
+
 @dataclass
 class BackupConfig:
     enabled: bool = True  # the backup controller's schedule; the `backup` commands work either way
-    key_file: Path | None = setting(None, check=_expand)  # none: backups refuse to run (never unencrypted)
+    key_file: Path | None = setting(None, check=_expand)  # None: home/backup.key if it exists; never unencrypted
+    # No key (neither key_file nor home/backup.key): the backup controller writes home/backup.key on its first run.
+    # false: it does not, and scheduled backups stay off (a warning, singularity_backup_configured 0).
+    auto_keygen: bool = True
     directory: Path | None = setting(None, check=_expand)  # None: home/backups
     # Cron expressions (minute hour day month weekday) in `timezone`; null turns that kind off.
     daily: str | None = setting("0 3 * * *", check=_cron)
@@ -249,11 +313,33 @@ class BackupConfig:
     keep: int = setting(7, gt=0)  # per kind; the newest verified backup of a kind is kept beyond this
     # Files or folders (relative to home, or absolute) copied into every backup beside the dump and config file.
     include: list[str] = field(default_factory=list)
+    # age public keys (age1…) every new backup is also encrypted to, e.g. one whose identity never lives here.
+    recipients: list[str] = field(default_factory=list, metadata={"check": _age_recipients})
     # gzip 0-9; 1 measured ~4x faster than 6 on history-like text for ~25 % more bytes (docs/BACKUPS.md)
     compression_level: int = setting(1, ge=0, check=lambda v: _at_most(v, 9))
     # Folder of pg_dump/pg_restore; None: the first of PATH, /usr/lib/postgresql/N/bin, pgserver's whose
     # major version is the server's.
     pg_bin_dir: Path | None = setting(None, check=_expand)
+
+
+@dataclass
+class ValidatorConfig:
+    enabled: bool = True  # the `validator` controller's schedule and digest trigger; `validate` works either way
+    # Cron expression (minute hour day month weekday) in `timezone`; null: only on digest changes and by hand.
+    schedule: str | None = setting("0 3 * * 6", check=_cron)
+    timezone: str | None = setting(None, check=_timezone)  # None: the host's
+    interval_seconds: float = setting(60.0, gt=0)  # how often the controller looks at the schedule and digests
+    on_digest_change: bool = True  # validate a model again when its digest changes (re-pulled)
+    suite: Path | None = setting(None, check=_expand)  # None: the shipped default suite
+    models: list[str] = field(default_factory=list)  # empty: every installed model that generates text
+    min_accuracy: float = setting(0.8, ge=0, check=lambda v: _at_most(v, 1.0))  # below: demoted
+    promote_margin: float = setting(0.05, ge=0, check=lambda v: _at_most(v, 1.0))  # promoted at min + margin
+    judge_model: str | None = None  # grades `judge` cases
+    embedding_model: str | None = None  # embeds `similar` cases
+    case_timeout_seconds: float = setting(300.0, gt=0)  # one answer on a slow CPU can take minutes
+    keep_alive: str = setting("5m", check=_keep_alive)  # sent with each case
+    retention_days: int = setting(180, gt=0)
+    answer_excerpt_chars: int = setting(500, gt=0)
 
 
 @dataclass
@@ -264,6 +350,8 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     cost: CostConfig = field(default_factory=CostConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
@@ -271,5 +359,8 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     model_manager: ModelManagerConfig = field(default_factory=ModelManagerConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
+    validator: ValidatorConfig = field(default_factory=ValidatorConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    prompt_optimizer: PromptOptimizerConfig = field(default_factory=PromptOptimizerConfig)
 
 

@@ -211,6 +211,8 @@ def test_grouping_and_timers(rendered: Path) -> None:
     assert (route["group_wait"], route["group_interval"], route["repeat_interval"]) == ("30s", "5m", "4h")
     [info] = [r for r in route["routes"] if r["matchers"] == ['severity="info"']]
     assert info["repeat_interval"] == "24h"
+    [critical] = [r for r in route["routes"] if r["matchers"] == ['severity="critical"']]
+    assert critical["group_wait"] == "10s", "a page waits 10 s for company, not 30 (docs/ALERTS.md)"
 
 
 def matches(matcher: str, labels: dict[str, str]) -> bool:

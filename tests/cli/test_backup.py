@@ -47,7 +47,8 @@ def test_keygen_then_create_list_verify_prune(backup_cli, tmp_path: Path) -> Non
     code, out, _ = backup_cli("keygen", "--json")
     assert code == 0
     made = json.loads(out)
-    assert made["path"] == str(tmp_path / "backup.key") and len(made["key_id"]) == 16
+    assert made["path"] == str(tmp_path / "backup.key") and made["public_key"].startswith("age1")
+    assert made["old_key_id"] is None
     assert stat.S_IMODE((tmp_path / "backup.key").stat().st_mode) == 0o600
 
     code, out, err = backup_cli("create", "--kind", "daily", "--json")
@@ -55,13 +56,14 @@ def test_keygen_then_create_list_verify_prune(backup_cli, tmp_path: Path) -> Non
     created = json.loads(out)
     assert created["kind"] == "daily" and created["status"] == "ok" and created["verified_at"]
     assert created["tables"] >= 2 and created["rows"] >= 250
-    assert created["key_id"] == made["key_id"]  # which key it needs, never the key
+    assert created["recipients"] == [made["public_key"]]  # which key opens it, never the key
+    assert created["format"] == "age" and created["path"].endswith(f"{created['id']}.tar.gz.age")
 
     code, out, _ = backup_cli("list", "--json")
     assert [b["id"] for b in json.loads(out)["backups"]] == [created["id"]]
     code, out, _ = backup_cli("list")
-    assert out.splitlines()[0].split() == ["ID", "KIND", "STATUS", "STARTED", "SIZE", "VERIFIED", "ERROR"]
-    assert created["id"] in out.splitlines()[1]
+    assert out.splitlines()[0].split() == ["ID", "KIND", "FORMAT", "STATUS", "STARTED", "SIZE", "VERIFIED", "ERROR"]
+    assert out.splitlines()[1].split()[:4] == [created["id"], "daily", "age", "ok"]
 
     code, out, _ = backup_cli("verify", "--latest", "--json")
     verified = json.loads(out)
@@ -71,9 +73,9 @@ def test_keygen_then_create_list_verify_prune(backup_cli, tmp_path: Path) -> Non
     assert out.startswith(f"backup {created['id']} verified: restored into a scratch database")
 
     code, out, _ = backup_cli("prune", "--json")
-    assert json.loads(out) == {"dry_run": False, "removed": [], "kept": [created["id"]]}
+    assert json.loads(out) == {"dry_run": False, "removed": [], "kept": [created["id"]], "files": []}
 
-    secret = (tmp_path / "backup.key").read_text().strip()
+    [secret] = [line for line in (tmp_path / "backup.key").read_text().splitlines() if line.startswith("AGE-SECRET")]
     for text in (out, json.dumps(created), json.dumps(verified)):
         assert secret not in text
 
@@ -86,7 +88,7 @@ def test_restore_by_hand(backup_cli, tmp_path: Path, database_url: str, postgres
         code, out, _ = backup_cli("restore", backup_id, "--to", target, "--files", str(tmp_path / "files"))
         assert code == 0 and out.startswith(f"restored backup {backup_id} into ")
         assert checksums(target) == checksums(database_url)
-        from singularity_ops.controllers.backup.format import BackupError
+        from singularity_ops.controllers.backup.errors import BackupError
 
         with pytest.raises(BackupError, match="not empty"):
             backup_cli("restore", backup_id, "--to", target)
@@ -94,8 +96,37 @@ def test_restore_by_hand(backup_cli, tmp_path: Path, database_url: str, postgres
         assert json.loads(out)["tables"]["public.people"] == 200
 
 
+def test_prune_lists_every_file_it_deletes(backup_cli, database_url: str, tmp_path: Path) -> None:
+    backup_cli("keygen")
+    _, out, _ = backup_cli("create", "--json")
+    kept = json.loads(out)["id"]
+    with psycopg.connect(database_url, autocommit=True) as conn:  # what a backup killed mid-way leaves
+        conn.execute("INSERT INTO backups (id, kind, status, host, started) VALUES ('x-daily-dead', 'daily', "
+                     "'running', 'gone', now())")
+    partial = tmp_path / "home" / "backups" / ".x-daily-dead.tar.gz.age.partial"
+    partial.write_bytes(b"half a backup")
+    code, out, _ = backup_cli("prune", "--dry-run")
+    assert out.splitlines() == [f"  would delete {partial}",
+                                "0 would remove, 1 kept, 1 file would be deleted (backup.keep = 7 per kind)"]
+    assert partial.exists()
+    code, out, _ = backup_cli("prune")
+    assert code == 0 and out.splitlines() == [f"  deleted {partial}",
+                                              "0 removed, 1 kept, 1 file deleted (backup.keep = 7 per kind)"]
+    assert not partial.exists() and (tmp_path / "home" / "backups" / f"{kept}.tar.gz.age").exists()
+
+
+def test_keygen_writes_the_default_key_where_backups_find_it(backup_cli, monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    monkeypatch.delenv("SINGULARITY_BACKUP_KEY_FILE")
+    code, out, _ = backup_cli("keygen")
+    assert code == 0 and f"wrote a new backup key to {tmp_path / 'home' / 'backup.key'}" in out
+    assert "Backups use it from there; keep a copy away from this machine" in out
+    _, out, _ = backup_cli("create", "--no-verify", "--json")
+    assert json.loads(out)["status"] == "ok"
+
+
 def test_create_without_a_key_is_refused(backup_cli) -> None:
-    from singularity_ops.controllers.backup.format import BackupError
+    from singularity_ops.controllers.backup.errors import BackupError
 
     with pytest.raises(BackupError, match=r"cannot read backup key file .*backup\.key: No such file"):
         backup_cli("create")
@@ -129,7 +160,7 @@ def test_the_module_runs_alone_and_errors_are_one_line(tmp_path: Path, database_
 
 
 def test_notify_announces_success_and_failure_to_alertmanager(backup_cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    from singularity_ops.controllers.backup.format import BackupError
+    from singularity_ops.controllers.backup.errors import BackupError
 
     with AlertSink() as alertmanager:
         monkeypatch.setenv("SINGULARITY_ALERTMANAGER_URL", alertmanager.url)

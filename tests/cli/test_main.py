@@ -123,6 +123,7 @@ def test_migrate_against_an_external_server_is_idempotent(database_url: str) -> 
     assert json.loads(run("migrate", "--json", env=env).stdout)["applied"] == []
 
 
+@pytest.mark.slow
 def test_migrate_starts_the_embedded_server_under_home_and_reuses_it(tmp_path: Path) -> None:
     env = {"SINGULARITY_HOME": str(tmp_path / "home")}
     first = run("migrate", env=env)
@@ -147,10 +148,12 @@ def _wait_for(url: str, process: subprocess.Popen[str]) -> None:
 
 
 @pytest.mark.parametrize("command", ["exporter", "run"])
-def test_exporter_serves_metrics_migrates_and_stops_on_sigterm(command: str, ollama, database_url: str) -> None:
+def test_exporter_serves_metrics_migrates_and_stops_on_sigterm(command: str, ollama, database_url: str,
+                                                                tmp_path: Path) -> None:
     port = free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SINGULARITY_", "OLLAMA_"))}
-    env = {**base, "OLLAMA_HOST": ollama.host, "SINGULARITY_DATABASE_URL": database_url}
+    env = {**base, "OLLAMA_HOST": ollama.host, "SINGULARITY_DATABASE_URL": database_url,
+           "SINGULARITY_HOME": str(tmp_path / "home")}
     process = subprocess.Popen([*CLI, command, "--metrics-listen", f"127.0.0.1:{port}"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -165,6 +168,10 @@ def test_exporter_serves_metrics_migrates_and_stops_on_sigterm(command: str, oll
         _, stderr = process.communicate(timeout=15)
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
+    # A first start on a fresh home is not an error (issue 16): backups set themselves up with a warning.
+    assert " ERROR " not in stderr, stderr
+    if command == "run":
+        assert (tmp_path / "home" / "backup.key").exists() and "backup.key" in stderr
     import psycopg
 
     with psycopg.connect(database_url) as conn:

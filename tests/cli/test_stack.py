@@ -77,7 +77,8 @@ def test_stack_starts_both_on_loopback_and_stops_cleanly(tmp_path: Path) -> None
 
 @pytest.fixture
 def live(tmp_path: Path, database_url: str) -> Iterator[dict]:
-    """Telegram and Ollama stand-ins, the exporter with its gateway, and the stack, with short intervals."""
+    """Telegram and Ollama stand-ins, the exporter with its gateway, and the stack at the shipped scrape and
+    evaluation intervals and group wait; only the group interval is short, so the resolved message comes soon."""
     ports = {name: free_port() for name in ("ollama", "metrics", "gateway", "prometheus", "alertmanager")}
     with TelegramStandIn() as telegram:
         ollama = OllamaStandIn(models=[REAL_MODELS[MODEL], REAL_MODELS["qwen2.5-coder:1.5b"]],
@@ -92,7 +93,7 @@ def live(tmp_path: Path, database_url: str) -> Iterator[dict]:
         stack = subprocess.Popen([*CLI, "stack", "--metrics-listen", f"127.0.0.1:{ports['metrics']}",
                                   "--prometheus-listen", f"127.0.0.1:{ports['prometheus']}",
                                   "--alertmanager-listen", f"127.0.0.1:{ports['alertmanager']}",
-                                  "--scrape-interval", "1s", "--group-wait", "5s", "--group-interval", "10s"],
+                                  "--group-interval", "10s"],
                                  env=stack_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             wait_ready(f"http://127.0.0.1:{ports['metrics']}/healthz", exporter)
@@ -124,27 +125,40 @@ def ask(port: int) -> None:
         urllib.request.urlopen(request, timeout=5).read()
 
 
-def test_ollama_down_sends_one_message_and_its_recovery_one_resolved(live: dict) -> None:
-    telegram, ollama, ports = live["telegram"], live["ollama"], live["ports"]
-    healthy_until = time.monotonic() + 15
-    while time.monotonic() < healthy_until:  # a healthy period, with traffic: nothing to say
+def watch(ports: dict, seconds: float) -> None:
+    """Clients keep asking through the gateway for ``seconds`` (errors, an open breaker: all inhibited)."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
         ask(ports["gateway"])
         time.sleep(0.5)
+
+
+SCRAPE_SECONDS = 15.0  # prometheus/prometheus.yml, which the stack runs as shipped here
+PAGE_LIMIT_SECONDS = 75.0  # issue 16: a critical "down" alert reaches the phone within 75 s at the defaults
+
+
+@pytest.mark.slow
+def test_a_blip_never_pages_ollama_down_pages_within_75_s_once_and_resolves_once(live: dict) -> None:
+    telegram, ollama, ports = live["telegram"], live["ollama"], live["ports"]
+    watch(ports, SCRAPE_SECONDS)  # a healthy period, with traffic: nothing to say
     assert telegram.sent() == [], [m.text for m in telegram.sent()]
+
+    ollama.stop()  # a 10 s blip: Ollama restarted quickly
+    watch(ports, 10)
+    ollama.start()
+    # Long enough for a page the blip would have caused: `for`, an evaluation, the critical group_wait, slack.
+    watch(ports, rule_for_seconds("OllamaDown") + SCRAPE_SECONDS + 10 + 10)
+    assert telegram.sent() == [], "a 10 s blip paged: " + repr([m.text for m in telegram.sent()])
 
     ollama.stop()
     failed_at = time.monotonic()
-    limit = rule_for_seconds("OllamaDown") + 2 * 1 + 5 + 15  # for + two evaluations + group_wait + slack
     while not telegram.sent():
-        assert time.monotonic() - failed_at < limit, "no message about Ollama being down"
-        ask(ports["gateway"])  # clients keep asking: errors, an open breaker — all inhibited by OllamaDown
-        time.sleep(0.5)
+        assert time.monotonic() - failed_at < PAGE_LIMIT_SECONDS + 15, "no message about Ollama being down"
+        watch(ports, 0.5)
     fault_to_message = telegram.sent()[0].at - failed_at
-    print(f"fault to Telegram message: {fault_to_message:.1f} s")
-    settle = time.monotonic() + 25  # two group intervals: any other alert would be sent by now
-    while time.monotonic() < settle:
-        ask(ports["gateway"])
-        time.sleep(0.5)
+    print(f"fault to Telegram message at the shipped defaults: {fault_to_message:.1f} s")
+    assert fault_to_message <= PAGE_LIMIT_SECONDS
+    watch(ports, 25)  # two group intervals: any other alert would be sent by now
     messages = telegram.sent()
     assert len(messages) == 1, [m.text for m in messages]
     assert "OllamaDown" in messages[0].text and "RESOLVED" not in messages[0].text.upper()
@@ -156,5 +170,5 @@ def test_ollama_down_sends_one_message_and_its_recovery_one_resolved(live: dict)
         time.sleep(0.5)
     resolved = telegram.sent()[1]
     assert "OllamaDown" in resolved.text and "resolved" in resolved.text.lower()
-    time.sleep(20)
+    time.sleep(20)  # an observation window, not a synchronisation: nothing more may arrive in it
     assert len(telegram.sent()) == 2, [m.text for m in telegram.sent()]

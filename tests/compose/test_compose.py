@@ -240,3 +240,11 @@ def test_grafana_gets_the_provisioning_and_the_dashboards_where_the_provider_loo
     prometheus_port = next(a for a in SERVICES["prometheus"]["command"] if a.startswith("--web.listen-address"))
     assert {d["url"] for d in datasources if d["type"] == "prometheus"} == {
         f"http://prometheus:{prometheus_port.rsplit(':', 1)[1]}"}
+
+
+def test_the_published_gateway_needs_api_keys_from_a_secret() -> None:
+    """Published beyond loopback without keys the gateway refuses to start (docs/ANOMALY_DETECTION.md)."""
+    exporter = SERVICES["exporter"]
+    assert exporter["environment"]["SINGULARITY_API_KEYS_FILE"] == "/run/secrets/gateway_api_keys"
+    assert "gateway_api_keys" in exporter["secrets"]
+    assert load()["secrets"]["gateway_api_keys"] == {"file": "./secrets/gateway_api_keys"}

@@ -117,6 +117,7 @@ def build_context(destination: Path) -> Path:
     return destination
 
 
+@pytest.mark.slow
 def test_the_build_context_holds_the_whole_package_and_no_secrets_or_virtualenv(tmp_path: Path) -> None:
     context = build_context(tmp_path / "context")
     assert not (context / "secrets").exists() and not (context / ".venv").exists() and not (context / ".git").exists()

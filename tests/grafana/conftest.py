@@ -18,10 +18,11 @@ import yaml
 
 from singularity_ops.config import load_config
 from singularity_ops.exporter.app import Exporter
-from tests.conftest import DEFAULT_MODELS, free_port
+from tests.conftest import DEFAULT_MODELS, REPO, free_port
 from tests.grafana import traffic
 from tests.grafana.prometheus import Prometheus
-from tests.helpers import Running
+from tests.grafana.validation import validated
+from tests.helpers import FakeClock, Running
 
 GiB = 2**30
 COST = {"cost.currency": "EUR", "cost.prices": {"*": {"input_per_million": 0.15, "output_per_million": 0.60}},
@@ -50,8 +51,9 @@ def _wait_for_gateway(url: str) -> None:
     raise RuntimeError("the gateway did not start")
 
 
-def _drive(prometheus: Prometheus, client: httpx.Client, ollama) -> list[int]:
-    """Waves of traffic with a scrape after each, so that every counter grows between two samples."""
+def _drive(prometheus: Prometheus, client: httpx.Client, ollama, breaker_clock: FakeClock) -> list[int]:
+    """Waves of traffic with a scrape after each, so that every counter grows between two samples. The breakers
+    run on ``breaker_clock``: open_seconds pass when the test says so, not by sleeping."""
     statuses: list[int] = []
 
     def wave(*answers: list[int]) -> None:
@@ -63,9 +65,8 @@ def _drive(prometheus: Prometheus, client: httpx.Client, ollama) -> list[int]:
     wave(traffic.everyday(client))
     wave(traffic.everyday(client), traffic.failing(client, ollama, until_refused=False))
     wave(traffic.everyday(client), traffic.failing(client, ollama, until_refused=True))
-    opened = time.monotonic()
     wave(traffic.refused(client))  # still open: a second refusal, one scrape later
-    time.sleep(max(0.0, opened + traffic.OPEN_SECONDS + 0.1 - time.monotonic()))
+    breaker_clock.advance(traffic.OPEN_SECONDS + 0.1)
     wave()  # a scrape that sees the breaker half-open
     wave(traffic.probes(client), traffic.everyday(client))
     wave(traffic.everyday(client))
@@ -73,7 +74,7 @@ def _drive(prometheus: Prometheus, client: httpx.Client, ollama) -> list[int]:
 
 
 @pytest.fixture(scope="session")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+def live(tmp_path_factory: pytest.TempPathFactory, postgres_server_url: str) -> Iterator[Live]:
     from tests.standins.fake_runner import fake_runner
     from tests.standins.models import REAL_MODELS
     from tests.standins.ollama import OllamaStandIn
@@ -90,11 +91,17 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                    "exporter.metrics_listen": f"127.0.0.1:{free_port()}", **traffic.BREAKER_POLICY, **COST},
             # 1.9 GiB: the small models fit, phi4:14b does not.
             environ={"OLLAMA_HOST": ollama.host, "SINGULARITY_OLLAMA_MEMORY_BYTES": str(int(1.9 * GiB))})
-        with Running(Exporter.build(config, with_database=False, with_gateway=True)) as running:
+        exporter = Exporter.build(config, with_database=False, with_gateway=True)
+        assert exporter.gateway is not None
+        exporter.registry.register(validated(postgres_server_url, ollama, workdir))  # the validation panel's data
+        breaker_clock = exporter.gateway.breakers.clock = FakeClock()  # before the first request makes a breaker
+        with Running(exporter) as running:
             gateway_url = f"http://{config.gateway.listen}"
             _wait_for_gateway(gateway_url)
-            with Prometheus(workdir, config.exporter.metrics_listen, [rules]) as prometheus, \
+            # The repository's recording rules too: docs/PROMQL.md reads them as users' Prometheus would.
+            recording = REPO / "prometheus" / "rules" / "recording.yml"
+            with Prometheus(workdir, config.exporter.metrics_listen, [rules, recording]) as prometheus, \
                     httpx.Client(base_url=gateway_url, timeout=30) as client:
                 start = time.time()
-                statuses = _drive(prometheus, client, ollama)
+                statuses = _drive(prometheus, client, ollama, breaker_clock)
                 yield Live(prometheus, running.scrape(), statuses, start, prometheus.last_scrape())

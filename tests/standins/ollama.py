@@ -30,7 +30,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
@@ -300,6 +300,10 @@ class OllamaStandIn:
         self.token_delay = 0.0
         self.load_seconds = 0.0  # simulated cold-load time, counted in load_duration
         self.reply_tokens = len(REPLY)  # tokens of a reply when options.num_predict is not set
+        # What each model says, for tests that score answers: (model name, the prompt, or the chat's last user
+        # message) → the reply, or None for the default words. Whitespace is kept; a token is a word with the
+        # whitespace before it, so num_predict cuts a reply at a word.
+        self.answer: Callable[[str, str], str | None] | None = None
         self.default_num_ctx = 4096  # Ollama 0.12's default context length
         self.vram_fraction = 0.0  # share of a model Ollama reports in VRAM for API-triggered loads
         # RAM + swap free for models, as Ollama's CPU load check sees it: a load whose resident size does not fit
@@ -585,16 +589,23 @@ class OllamaStandIn:
     ) -> dict:
         return decode_request(await request.read(), struct, fields, eof)
 
-    async def _tokens(self, run: _Run, options: dict) -> AsyncIterator[str]:
+    def _reply(self, model: StandInModel, prompt: str) -> list[str] | None:
+        """The pieces of ``self.answer``'s reply for this model and prompt; None: the default words."""
+        reply = self.answer(model.name, prompt) if self.answer is not None else None
+        return None if reply is None else re.findall(r"\s*\S+", reply)
+
+    async def _tokens(self, run: _Run, options: dict, reply: list[str] | None = None) -> AsyncIterator[str]:
         """Prompt evaluation, then a piece per token; ``options.num_predict`` caps the reply (``length``)."""
         limit = options.get("num_predict")
         capped = isinstance(limit, int) and limit > 0
         count, run.done_reason = (limit, "length") if capped else (self.reply_tokens, "stop")
+        if reply is not None:
+            count, run.done_reason = (limit, "length") if capped and limit < len(reply) else (len(reply), "stop")
         await self._sleep(self.token_delay)
         run.prompt_done = time.monotonic_ns()
         for index in range(count):
             await self._sleep(self.token_delay)
-            piece = ("" if index == 0 else " ") + REPLY[index % len(REPLY)]
+            piece = reply[index] if reply is not None else ("" if index == 0 else " ") + REPLY[index % len(REPLY)]
             run.pieces.append(piece)
             yield piece
         run.finished = time.monotonic_ns()
@@ -722,7 +733,7 @@ class OllamaStandIn:
         run = _Run(started, loaded, count_tokens(f"{body.get('system') or ''} {prompt}"))
         response = web.StreamResponse(headers={"Content-Type": NDJSON})
         streaming = body.get("stream") is not False
-        async for piece in self._tokens(run, options):
+        async for piece in self._tokens(run, options, self._reply(model, prompt)):
             chunk = {"model": name, "created_at": self._now(), "response": piece, "done": False}
             if streaming and not await self._stream(request, response, (go_json(chunk) + "\n").encode()):
                 return response
@@ -763,7 +774,7 @@ class OllamaStandIn:
         run = _Run(started, loaded, sum(count_tokens(_message_text(m)) for m in messages))
         response = web.StreamResponse(headers={"Content-Type": NDJSON})
         streaming = body.get("stream") is not False
-        async for piece in self._tokens(run, options):
+        async for piece in self._tokens(run, options, self._reply(model, _last_user_text(messages))):
             line = (go_json(self._chat_reply(name, piece)) + "\n").encode()
             if streaming and not await self._stream(request, response, line):
                 return response
@@ -909,6 +920,11 @@ class OllamaStandIn:
         await self._stream(request, response, b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+def _last_user_text(messages: list) -> str:
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    return _message_text(users[-1]) if users else ""
 
 
 def _modelfile_quote(value: str) -> str:

@@ -1,88 +1,17 @@
-"""Who a request comes from: an API key's id, else the client's address (X-Forwarded-For only from trusted proxies).
-
-Keys file (``gateway.api_keys_file``), one key a line, ``#`` starts a comment::
-
-    # id         sha256 of the key (hex)
-    open-webui   sha256:4c2a9c4b0c0d…64 hex digits
-    batch-jobs   sha256:9f86d081884c…
-
-Make a key and its line with ``singularity_ops.exporter.gateway.guard.identity.new_key_line("open-webui")``, or by
-hand: ``KEY=sk-$(openssl rand -hex 24); printf %s "$KEY" | sha256sum``. Only the hash is stored: keys are long random
-tokens, so one SHA-256 is enough (a slow password hash protects guessable passwords and would cost milliseconds
-on every request). Clients send the key as ``Authorization: Bearer KEY`` (OpenAI SDKs' ``api_key``, the ollama
-clients' ``headers=``) or ``X-API-Key: KEY``.
+"""Who a request comes from: an API key's id (keys.py), else the client's address, with X-Forwarded-For believed only
+from ``gateway.trusted_proxies``.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import ipaddress
-import os
-import re
-import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 
-from singularity_ops.errors import ConfigError
-
-_LINE = re.compile(r"^([A-Za-z0-9_.@:-]{1,64})\s+sha256:([0-9a-fA-F]{64})$")
 # Paths a health check or a client's probe reaches without a key: they say only that the gateway is up.
 OPEN_PATHS = frozenset({"/", "/api/version"})
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def new_key_line(key_id: str) -> tuple[str, str]:
-    """A fresh key for ``key_id`` and the line to put in the keys file for it."""
-    key = "sk-" + secrets.token_urlsafe(32)
-    return key, f"{key_id} sha256:{hash_key(key)}"
-
-
-@dataclass(frozen=True)
-class ApiKeys:
-    """Key hashes to key ids, read from the keys file; ``changed()`` tells when the file was rewritten."""
-
-    path: Path
-    ids_by_hash: Mapping[str, str]
-    stamp: tuple[int, int]
-
-    @classmethod
-    def load(cls, path: Path) -> ApiKeys:
-        try:
-            stat = path.stat()
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read gateway.api_keys_file {path}: {exc.strerror}") from None
-        ids: dict[str, str] = {}
-        for number, raw in enumerate(text.splitlines(), 1):
-            line = raw.split("#", 1)[0].strip()
-            if not line:
-                continue
-            match = _LINE.match(line)
-            if not match:
-                raise ConfigError(f"{path} line {number}: expected 'ID sha256:<64 hex digits>' (docs/"
-                                  "ANOMALY_DETECTION.md#api-keys)")
-            ids[match[2].lower()] = match[1]
-        return cls(path, ids, (stat.st_mtime_ns, stat.st_size))
-
-    def changed(self) -> bool:
-        try:
-            stat = os.stat(self.path)
-        except OSError:
-            return False  # keep the keys we have; a file being replaced comes back
-        return (stat.st_mtime_ns, stat.st_size) != self.stamp
-
-    def identify(self, key: str | None) -> str | None:
-        """The key's id, or None for a missing or unknown key."""
-        if not key:
-            return None
-        return self.ids_by_hash.get(hash_key(key))
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -141,3 +70,20 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted: Network
         if not trusted.contains(hop):
             break
     return address
+
+
+def is_loopback(address: str | None) -> bool:
+    """127.0.0.0/8, ::1, or either written IPv4-mapped."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def carries_forwarding(headers: Mapping[str, str]) -> bool:
+    """The request says it was forwarded for someone else (a reverse proxy's ``X-Forwarded-For`` or RFC 7239's
+    ``Forwarded``)."""
+    return "X-Forwarded-For" in headers or "Forwarded" in headers

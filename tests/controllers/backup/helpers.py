@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -15,13 +16,13 @@ import psycopg
 import yaml
 
 from singularity_ops.config import Config, load_config
-from singularity_ops.controllers.backup.format import write_new_key
+from singularity_ops.controllers.backup.keys import write_new_key
 from singularity_ops.controllers.backup.pg import with_database
 from singularity_ops.controllers.backup.store import Backups
 from singularity_ops.migrate import migrate
 from singularity_ops.store import Database
 
-CHUNK_LOG = 12  # 4 KiB chunks, so a small backup has many
+PART_BYTES = 16 << 10  # the dump in 16 KiB parts, so that a small backup has several
 
 
 def backup_config(tmp_path: Path, database_url: str, *, key: bool = True, **backup: Any) -> Config:
@@ -41,7 +42,7 @@ def open_backups(config: Config, **options: Any) -> Backups:
     database = Database.open(config.database, config.home)
     with database.connect() as conn:
         migrate(conn)
-    return Backups(config, database, chunk_log=CHUNK_LOG, **options)
+    return Backups(config, database, dump_part_bytes=PART_BYTES, **options)
 
 
 def fill(url: str, rows: int = 2000) -> None:
@@ -61,6 +62,38 @@ def fill(url: str, rows: int = 2000) -> None:
         conn.execute("""INSERT INTO extra."Odd.Name" (at, value)
                         SELECT timestamptz '2025-01-01 00:00+00' + g * interval '1 minute', sqrt(g)
                         FROM generate_series(1, %s) g""", (rows // 4,))
+
+
+AGE_SEGMENT = (64 << 10) + 16  # an age payload chunk: 64 KiB of content and its tag
+
+
+def age_payload(data: bytes) -> int:
+    """Where an age file's chunks start: after its text header (ending with the ``---`` MAC line) and the 16-byte
+    nonce."""
+    mac = data.index(b"\n---") + 1
+    return data.index(b"\n", mac) + 1 + 16
+
+
+def public_key(key_file: Path) -> str:
+    from singularity_ops.controllers.backup.keys import load_keys
+
+    [public] = load_keys(key_file).public_keys
+    return public
+
+
+def incompressible(tmp_path: Path, size: int = 300_000) -> str:
+    """A ``backup.include`` entry of random bytes, so that a backup spans several age chunks."""
+    folder = tmp_path / "home" / "state"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "random.bin").write_bytes(os.urandom(size))
+    return "state"
+
+
+def flip(data: bytes, offset: int) -> bytes:
+    """``data`` with one bit of the byte at ``offset`` changed."""
+    changed = bytearray(data)
+    changed[offset] ^= 0x20
+    return bytes(changed)
 
 
 def checksums(url: str, tables: tuple[str, ...] = ("public.people", 'extra."Odd.Name"')) -> dict[str, tuple]:

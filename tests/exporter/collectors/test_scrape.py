@@ -11,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from singularity_ops.exporter.collectors.scrape import ScrapeCollector
+from tests.helpers import wait_for
 
 
 class Healthy(Collector):
@@ -71,10 +72,9 @@ def test_a_recovered_source_is_served_again() -> None:
     collector = ScrapeCollector([hanging], timeout_seconds=0.2)
     try:
         assert 'singularity_collector_success{collector="hanging"} 0.0' in scrape(collector)
-        hanging.release.set()
-        time.sleep(0.05)
-        text = scrape(collector)
-        assert "hanging_value 1.0" in text
+        hanging.release.set()  # the timed-out call finishes; the next scrape runs it again
+        text = wait_for(lambda: next((s for s in [scrape(collector)] if "hanging_value 1.0" in s), ""),
+                        what="the recovered collector served again")
         assert 'singularity_collector_success{collector="hanging"} 1.0' in text
     finally:
         collector.close()

@@ -39,11 +39,13 @@ def ollama() -> Iterator:
 def make_gateway(ollama, clean_env) -> Iterator[Callable[..., GatewayUnderTest]]:
     started: list[GatewayUnderTest] = []
 
-    def make(with_history: bool = False, **flags: Any) -> GatewayUnderTest:
+    def make(with_history: bool = False, clock: Callable[[], float] | None = None, **flags: Any) -> GatewayUnderTest:
         config = load_config(flags={"gateway.listen": f"127.0.0.1:{free_port()}",
                                     "exporter.metrics_listen": f"127.0.0.1:{free_port()}", **flags},
                              environ={"OLLAMA_HOST": ollama.host})
         exporter = Exporter.build(config, with_database=False, with_gateway=True, with_history=with_history)
+        if clock is not None:  # the guard's clock (bans, buckets, repeats): the test moves it instead of sleeping
+            exporter.gateway.guard.clock = clock
         running = GatewayUnderTest(exporter).__enter__()
         started.append(running)
         for _ in range(100):  # the gateway site starts right after the metrics site

@@ -13,7 +13,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from singularity_ops.exporter.gateway.breaker import (
     BreakerPolicy,
-    BreakerRegistry,
     CircuitBreaker,
     Permit,
     PermitAlreadyCompleted,
@@ -21,6 +20,7 @@ from singularity_ops.exporter.gateway.breaker import (
     Transition,
     unavailable_message,
 )
+from singularity_ops.exporter.gateway.breaker_registry import BreakerRegistry
 from tests.helpers import series
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
@@ -258,6 +258,7 @@ def test_a_permit_left_open_by_an_exception_is_released(breaker: CircuitBreaker,
     assert breaker.allow() is not None  # every slot came back
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_over_100k_calls(breaker: CircuitBreaker, clock: Clock) -> None:
     def burst(n: int) -> None:
         for i in range(n):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
+
+from tests.helpers import FakeClock
 
 MODEL = "llama3.2:3b"
 POLICY = {"gateway.breaker.minimum_calls": 3, "gateway.breaker.open_seconds": 1,
@@ -16,6 +16,13 @@ def generate(gateway, model: str = MODEL, **extra: object) -> httpx.Response:
                       json={"model": model, "prompt": "x", "stream": False, **extra})
 
 
+def with_clock(gateway) -> FakeClock:
+    """The gateway's breakers on a clock the test moves (set before the first request creates a breaker)."""
+    clock = FakeClock()
+    gateway.exporter.gateway.breakers.clock = clock
+    return clock
+
+
 def state(gateway, model: str = MODEL) -> str:
     text = gateway.scrape()
     return next(line.split('state="')[1].split('"')[0] for line in text.splitlines()
@@ -24,14 +31,13 @@ def state(gateway, model: str = MODEL) -> str:
 
 def test_opens_answers_503_fast_then_half_opens_and_closes(make_gateway, ollama) -> None:
     gateway = make_gateway(**POLICY)
+    clock = with_clock(gateway)
     ollama.fault = "error500"
     assert [generate(gateway).status_code for _ in range(3)] == [500, 500, 500]
     assert state(gateway) == "open"
 
     calls = ollama.calls["/api/generate"]
-    started = time.perf_counter()
-    refused = generate(gateway)
-    assert time.perf_counter() - started < 0.1
+    refused = generate(gateway)  # how fast it answers: bench/gateway.py, "refused by an open breaker"
     assert refused.status_code == 503
     assert 1 <= int(refused.headers["Retry-After"]) <= 2
     assert MODEL in refused.json()["error"] and "retry in" in refused.json()["error"]
@@ -40,7 +46,7 @@ def test_opens_answers_503_fast_then_half_opens_and_closes(make_gateway, ollama)
     other_model = generate(gateway, "qwen2.5-coder:1.5b")
     assert other_model.status_code == 500, "each model has its own breaker"
 
-    time.sleep(1.1)
+    clock.advance(1.1)
     ollama.fault = None
     assert state(gateway) == "half_open"
     assert [generate(gateway).status_code for _ in range(2)] == [200, 200]
@@ -53,10 +59,11 @@ def test_opens_answers_503_fast_then_half_opens_and_closes(make_gateway, ollama)
 
 def test_a_failed_probe_opens_it_again(make_gateway, ollama) -> None:
     gateway = make_gateway(**POLICY)
+    clock = with_clock(gateway)
     ollama.fault = "error500"
     for _ in range(3):
         generate(gateway)
-    time.sleep(1.1)
+    clock.advance(1.1)
     assert [generate(gateway).status_code for _ in range(2)] == [500, 500]  # both probes fail
     assert state(gateway) == "open"
     assert generate(gateway).status_code == 503
@@ -85,6 +92,7 @@ def test_breakers_command_shows_the_running_gateway(make_gateway, ollama) -> Non
     import sys
 
     gateway = make_gateway(**POLICY)
+    with_clock(gateway)  # stays open however long the two subprocesses take to start
     ollama.fault = "error500"
     for _ in range(3):
         generate(gateway)

@@ -2,72 +2,32 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import json
 import random
 import tracemalloc
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pytest
 
-from singularity_ops.config import load_config
 from singularity_ops.errors import ConfigError
 from singularity_ops.exporter.gateway.endpoints import INFERENCE
 from singularity_ops.exporter.gateway.guard.detector import Guard, GuardMetrics
-from singularity_ops.exporter.gateway.guard.identity import new_key_line
+from singularity_ops.exporter.gateway.guard.keys import new_key_line
+from tests.exporter.gateway.guard.support import GENERATE, Recorder, check, make, refused
+from tests.helpers import FakeClock as Clock
 
 CHAT = INFERENCE["/api/chat"]
-GENERATE = INFERENCE["/api/generate"]
 EMBED = INFERENCE["/api/embed"]
 DATA = Path(__file__).parent / "data"
-
-
-class Clock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, dict[str, Any]]] = []
-
-    def __call__(self, table: str, row: dict[str, Any]) -> None:
-        self.rows.append((table, row))
-
-    def table(self, name: str) -> list[dict[str, Any]]:
-        return [row for table, row in self.rows if table == name]
-
-
-def make(clock: Clock | None = None, history: Recorder | None = None, alert: Any = None,
-         **flags: Any) -> Guard:
-    config = load_config(environ={}, flags={"guard.exempt_networks": "", **flags})
-    return Guard(config, history, alert=alert, clock=clock or Clock())
-
-
-def check(guard: Guard, client: str = "203.0.113.7", path: str = "/api/generate", headers: dict | None = None,
-          endpoint: Any = GENERATE, payload: dict | None = None) -> tuple[str, Any]:
-    if endpoint is not None and payload is None:
-        payload = {"model": "llama3.2:3b", "prompt": f"hello {random.random()}"}
-    return asyncio.run(guard.check(client, path, headers or {}, endpoint, payload))
-
-
-def refused(result: tuple[str, Any]) -> Any:
-    return result[1]
 
 
 # --- per-client rate ----------------------------------------------------------------------------------------
 
 
 def test_a_burst_is_refused_after_the_burst_size_and_other_clients_are_unaffected() -> None:
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     guard = make(clock, **{"guard.rate.burst": "5", "guard.rate.requests_per_minute": "60"})
     answers = [refused(check(guard, "203.0.113.7")) for _ in range(8)]
     assert answers[:5] == [None] * 5
@@ -117,7 +77,7 @@ def test_a_missing_or_wrong_key_is_401_and_the_key_names_the_client(keys: tuple[
 
 
 def test_brute_force_bans_then_the_ban_expires_and_a_second_offence_bans_longer(keys: tuple[str, Path]) -> None:
-    clock, history = Clock(), Recorder()
+    clock, history = Clock(1_700_000_000.0), Recorder()
     guard = make(clock, history, **{"gateway.api_keys_file": str(keys[1]), "guard.brute_force.maxretry": "3",
                                     "guard.brute_force.findtime_seconds": "60",
                                     "guard.brute_force.bantime_seconds": "100"})
@@ -140,7 +100,7 @@ def test_brute_force_bans_then_the_ban_expires_and_a_second_offence_bans_longer(
 
 
 def test_failures_spread_wider_than_findtime_never_ban(keys: tuple[str, Path]) -> None:
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     guard = make(clock, **{"gateway.api_keys_file": str(keys[1]), "guard.brute_force.maxretry": "3",
                            "guard.brute_force.findtime_seconds": "60"})
     for _ in range(10):
@@ -160,7 +120,7 @@ def test_an_exempt_address_is_flagged_not_banned(keys: tuple[str, Path]) -> None
 
 
 def test_the_same_prompt_more_than_max_repeats_times_is_throttled_until_the_window_ends() -> None:
-    clock, history = Clock(), Recorder()
+    clock, history = Clock(1_700_000_000.0), Recorder()
     guard = make(clock, history, **{"guard.repeat.max_repeats": "3", "guard.repeat.window_seconds": "60"})
     same = {"model": "llama3.2:3b", "prompt": "tell me a joke"}
     answers = [refused(check(guard, payload=same)) for _ in range(5)]
@@ -271,7 +231,7 @@ def test_replayed_normal_traffic_makes_no_ban_no_block_no_throttle(keys: tuple[s
     """A day of a small team's traffic, replayed with its timing: 8 clients, mixed prompts, chats that grow,
     the odd retry of the same prompt, a mistyped key now and then, bursts when a page loads."""
     rng = random.Random(8)
-    clock, history = Clock(), Recorder()
+    clock, history = Clock(1_700_000_000.0), Recorder()
     guard = make(clock, history, **{"guard.injection.action": "block", "gateway.api_keys_file": str(keys[1])})
     prompts = [json.loads(line)["text"] for line in (DATA / "own" / "benign_prompts.jsonl").read_text().splitlines()]
     good = {"Authorization": f"Bearer {keys[0]}"}
@@ -308,8 +268,9 @@ def test_replayed_normal_traffic_makes_no_ban_no_block_no_throttle(keys: tuple[s
 # --- bounded memory -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_100k_distinct_client_ids_hold_a_bounded_amount_of_memory() -> None:
-    clock = Clock()
+    clock = Clock(1_700_000_000.0)
     guard = make(clock, **{"guard.max_clients": "1000", "gateway.trusted_proxies": "127.0.0.1"})
     payload = {"model": "m", "prompt": "hi"}
 
@@ -350,7 +311,7 @@ def _check_sync(guard: Guard, headers: dict[str, str], payload: dict[str, str]) 
 
 
 def test_a_request_spike_alerts_and_halves_per_client_limits_while_it_lasts() -> None:
-    clock, history, alerts = Clock(), Recorder(), []
+    clock, history, alerts = Clock(1_700_000_000.0), Recorder(), []
     guard = make(clock, history, lambda firing, summary, text: alerts.append((firing, summary)),
                  **{"guard.rate.burst": "40", "guard.rate.requests_per_minute": "6000",
                     "guard.spike.min_requests_per_second": "2"})

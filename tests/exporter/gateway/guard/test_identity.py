@@ -1,52 +1,18 @@
-"""Client identity: hashed API keys from a file, and X-Forwarded-For believed only from trusted proxies."""
+"""Client identity: the presented key, and X-Forwarded-For believed only from trusted proxies (the keys file:
+test_keys.py)."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-from pathlib import Path
-
 import pytest
 
-from singularity_ops.errors import ConfigError
 from singularity_ops.exporter.gateway.guard.identity import (
-    ApiKeys,
     Networks,
+    carries_forwarding,
     client_address,
-    new_key_line,
+    is_loopback,
     parse_networks,
     presented_key,
 )
-
-
-def test_keys_are_stored_as_sha256_and_identify_their_client(tmp_path: Path) -> None:
-    key, line = new_key_line("open-webui")
-    assert key not in line and hashlib.sha256(key.encode()).hexdigest() in line
-    path = tmp_path / "keys"
-    path.write_text(f"# id  hash\n\n{line}   # the chat UI\nbatch sha256:{'AB' * 32}\n")
-    keys = ApiKeys.load(path)
-    assert keys.identify(key) == "open-webui"
-    assert keys.identify(key + "x") is None and keys.identify(None) is None and keys.identify("") is None
-    assert keys.ids_by_hash["ab" * 32] == "batch"  # hex in either case
-
-
-def test_a_malformed_keys_file_names_the_line(tmp_path: Path) -> None:
-    path = tmp_path / "keys"
-    path.write_text("ok sha256:" + "0" * 64 + "\nplain-text-key-here\n")
-    with pytest.raises(ConfigError, match="line 2"):
-        ApiKeys.load(path)
-    with pytest.raises(ConfigError, match="cannot read"):
-        ApiKeys.load(tmp_path / "missing")
-
-
-def test_a_rewritten_keys_file_is_noticed(tmp_path: Path) -> None:
-    path = tmp_path / "keys"
-    path.write_text(new_key_line("a")[1] + "\n")
-    keys = ApiKeys.load(path)
-    assert not keys.changed()
-    path.write_text(new_key_line("a")[1] + "\n" + new_key_line("b")[1] + "\n")
-    os.utime(path, ns=(keys.stamp[0] + 10**9, keys.stamp[0] + 10**9))
-    assert keys.changed()
 
 
 def test_the_key_comes_as_a_bearer_token_or_x_api_key() -> None:
@@ -79,3 +45,18 @@ def test_x_forwarded_for_is_read_from_the_right_and_only_from_trusted_proxies(pe
 
 def test_without_trusted_proxies_the_header_is_ignored() -> None:
     assert client_address("127.0.0.1", "198.51.100.1", Networks(())) == "127.0.0.1"
+
+
+@pytest.mark.parametrize(("address", "loopback"), [
+    ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("::ffff:127.0.0.1", True),
+    ("10.0.0.1", False), ("0.0.0.0", False), ("::", False), ("2001:db8::1", False), ("", False), (None, False),
+    ("localhost", False),  # a peer is an address, never a name
+])
+def test_loopback_peers(address: str | None, loopback: bool) -> None:
+    assert is_loopback(address) is loopback
+
+
+def test_a_request_says_it_was_forwarded_with_either_header() -> None:
+    assert carries_forwarding({"X-Forwarded-For": "198.51.100.1"})
+    assert carries_forwarding({"Forwarded": "for=198.51.100.1;proto=https"})
+    assert not carries_forwarding({"X-Real-Host": "x", "Authorization": "Bearer k"})

@@ -17,11 +17,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 from psycopg.rows import dict_row
 
-from singularity_ops.exporter.gateway.history.writer import HistoryWriter, decode_row, encode_row, write_rows
+from singularity_ops.exporter.gateway.history.rows import decode_row, encode_row, write_rows
+from singularity_ops.exporter.gateway.history.writer import HistoryWriter
 from singularity_ops.migrate import migrate
-from tests.conftest import free_port
+from tests.conftest import REPO, free_port
 
-REPO_MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
+REPO_MIGRATIONS = REPO / "migrations"
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
@@ -95,6 +96,17 @@ def spill_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.jsonl"))
 
 
+def spooled_rows(directory: Path) -> int:
+    """Lines on disk now (a journal may be renamed to its sealed name while we count)."""
+    count = 0
+    for path in spill_files(directory):
+        try:
+            count += len(path.read_bytes().splitlines())
+        except FileNotFoundError:
+            return -1
+    return count
+
+
 def test_rows_are_stored_exactly_as_submitted(history_url: str, make_writer: Callable[..., HistoryWriter]) -> None:
     writer = make_writer(history_url)
     writer.start()
@@ -163,7 +175,7 @@ def test_an_outage_loses_nothing_and_keeps_the_order(history_url: str, postgres_
             writer.submit("requests", row)
         wait_for(lambda: sample(writer, "singularity_history_write_errors_total") >= 3)
         assert sample(writer, "singularity_history_queue_rows") == 2000
-        assert spill_files(tmp_path / "spill")
+        wait_for(lambda: spooled_rows(tmp_path / "spill") == 2000)  # all on disk, the failed batch's rows too
         assert not writer.flush(0.3)
     finally:
         bring_back(postgres_server_url, database)
@@ -284,7 +296,7 @@ def test_submit_never_waits_for_an_unreachable_database(make_writer: Callable[..
     elapsed = time.perf_counter() - started
 
     assert elapsed < 1.0
-    wait_for(lambda: len(spill_files(tmp_path / "spill")) >= 18)  # all but memory_rows / 2 spilled, 500 a file
+    wait_for(lambda: spooled_rows(tmp_path / "spill") == 10_000)  # the database is away: every row goes to disk
     assert sample(writer, "singularity_history_queue_rows") == 10_000
 
 
@@ -301,7 +313,7 @@ def test_memory_stays_bounded_while_the_writer_hangs_connecting(history_url: str
     try:
         for n in range(5000):
             writer.submit("requests", request_row(n))
-        wait_for(lambda: sum(len(p.read_text().splitlines()) for p in spill_files(tmp_path)) >= 4000)
+        wait_for(lambda: spooled_rows(tmp_path) >= 4000)
         assert sample(writer, "singularity_history_queue_rows") == 5000
         released.set()
         assert writer.flush(10)
@@ -335,3 +347,84 @@ def test_spill_lines_round_trip_every_value_exactly() -> None:
     assert decoded == row
     assert {k: type(v) for k, v in decoded.items()} == {k: type(v) for k, v in row.items()}
     assert decoded["at"].utcoffset() == timedelta(hours=1)
+
+
+def test_while_the_database_is_away_rows_reach_the_disk_within_a_spool_interval(
+        make_writer: Callable[..., HistoryWriter], tmp_path: Path) -> None:
+    writer = make_writer(f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere", spool_seconds=0.05)
+    writer.start()
+    writer.submit("requests", request_row(0))
+    wait_for(lambda: writer.up is False)
+
+    for n in range(1, 31):  # far below memory_rows: today they would have stayed in memory
+        writer.submit("requests", request_row(n))
+
+    wait_for(lambda: spooled_rows(tmp_path / "spill") == 31, timeout=2)
+    assert sample(writer, "singularity_history_queue_rows") == 31
+
+
+def test_spool_files_are_readable_by_their_owner_only(make_writer: Callable[..., HistoryWriter],
+                                                      tmp_path: Path) -> None:
+    spill = tmp_path / "spill"
+    spill.mkdir(mode=0o755)
+    left = spill / f"{7:020d}-{7:020d}.jsonl"  # a segment an older version left world-readable
+    left.write_text(encode_row("requests", request_row(7)))
+    left.chmod(0o644)
+    writer = make_writer(f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere", spool_seconds=0.05)
+    writer.start()
+    writer.submit("requests", request_row(8))
+    wait_for(lambda: spooled_rows(spill) == 2)
+    writer.stop(timeout=0.5)
+
+    assert spill.stat().st_mode & 0o777 == 0o700
+    modes = {path.name: path.stat().st_mode & 0o777 for path in spill.iterdir()}
+    assert len(modes) >= 3 and set(modes.values()) == {0o600}, modes  # .lock and both segments
+
+
+def test_a_journal_left_by_a_killed_process_is_replayed_in_order(history_url: str, tmp_path: Path,
+                                                                 make_writer: Callable[..., HistoryWriter]) -> None:
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    rows = [request_row(n) for n in range(6)]
+    (spill / f"{0:020d}-{1:020d}.jsonl").write_text("".join(encode_row("requests", r) for r in rows[:2]))
+    cut = encode_row("requests", rows[5])[:40]  # the process died in the middle of this line
+    (spill / f"{2:020d}-open.jsonl").write_text("".join(encode_row("requests", r) for r in rows[2:5]) + cut)
+
+    writer = make_writer(history_url)
+    assert sample(writer, "singularity_history_queue_rows") == 5
+    assert sample(writer, "singularity_history_dropped_total", reason="spill_error") == 1
+    writer.start()
+    writer.submit("requests", request_row(6))
+    assert writer.flush(5)
+
+    stored = fetch(history_url, "SELECT id, xmin::text::bigint AS tx FROM requests ORDER BY at")
+    assert [row["id"] for row in stored] == [row["id"] for row in rows[:5]] + [stored[-1]["id"]]
+    assert [row["tx"] for row in stored] == sorted(row["tx"] for row in stored)
+    assert spill_files(spill) == []
+
+
+def test_a_disk_that_hangs_never_holds_up_submit(make_writer: Callable[..., HistoryWriter],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from singularity_ops.exporter.gateway.history.spool import Spool
+
+    disk = threading.Event()
+    original = Spool.append
+
+    def hanging_append(self: Spool, rows: Any, data: bytes) -> Any:
+        disk.wait(10)
+        return original(self, rows, data)
+
+    monkeypatch.setattr(Spool, "append", hanging_append)
+    writer = make_writer(f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere", spool_seconds=0.01)
+    writer.start()
+    writer.submit("requests", request_row(0))
+    wait_for(lambda: writer.up is False)
+    submitter = threading.Thread(target=lambda: [writer.submit("requests", request_row(n)) for n in range(1, 2001)])
+    try:
+        submitter.start()
+        submitter.join(5)
+        assert not submitter.is_alive()  # every submit returned while the spooler sat in a write
+        assert sample(writer, "singularity_history_queue_rows") == 2001
+    finally:
+        disk.set()
+    wait_for(lambda: spooled_rows(writer.spill_dir) == 2001)

@@ -1,27 +1,18 @@
-"""The encrypted backup file: round trips at every size, and every kind of damage is caught with a clear error
-before any byte of the damaged part is handed out."""
+"""The old backup format (sgbk), which the product still reads: files made by the old writer (kept in the tests,
+sgbk_writer.py) read back at every size, and every kind of damage is caught with a clear error before any byte of
+the damaged part is handed out."""
 
 from __future__ import annotations
 
 import io
 import os
-import stat
-from pathlib import Path
 
 import pytest
 
-from singularity_ops.controllers.backup.archive import ArchiveWriter, read_archive
-from singularity_ops.controllers.backup.format import (
-    HEADER_SIZE,
-    TAG_SIZE,
-    BackupCorrupt,
-    BackupError,
-    BackupKey,
-    EncryptingWriter,
-    decrypt,
-    load_key,
-    write_new_key,
-)
+from singularity_ops.controllers.backup.errors import BackupCorrupt, BackupError
+from singularity_ops.controllers.backup.sgbk import HEADER_SIZE, TAG_SIZE, decrypt, read_archive
+from singularity_ops.controllers.backup.sgbk import LegacyKey as BackupKey
+from tests.controllers.backup.sgbk_writer import ArchiveWriter, EncryptingWriter
 
 CHUNK_LOG = 12  # 4 KiB chunks: several chunks from little data
 CHUNK = 1 << CHUNK_LOG
@@ -144,48 +135,6 @@ def test_the_key_never_shows_itself(key: BackupKey) -> None:
     secret = key._secret
     for text in (repr(key), str(key), f"{key}"):
         assert secret.hex() not in text and key.key_id in text
-
-
-def test_keygen_writes_a_private_key_file_and_never_replaces_one(tmp_path: Path) -> None:
-    path = tmp_path / "keys" / "backup.key"
-    made = write_new_key(path)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert len(path.read_text().strip()) == 64
-    assert load_key(path).key_id == made.key_id
-    before = path.read_bytes()
-    with pytest.raises(BackupError, match=r"already exists; keygen never replaces a key"):
-        write_new_key(path)
-    assert path.read_bytes() == before
-
-
-def test_openssl_rand_hex_32_is_a_key_too(tmp_path: Path) -> None:
-    path = tmp_path / "key"
-    path.write_text(os.urandom(32).hex() + "\n")
-    path.chmod(0o600)
-    assert len(load_key(path).key_id) == 16
-
-
-def test_key_file_problems_are_one_line_and_never_echo_the_contents(tmp_path: Path) -> None:
-    with pytest.raises(BackupError, match=r"^no backup key: set SINGULARITY_BACKUP_KEY_FILE .* never written "
-                                          r"unencrypted$"):
-        load_key(None)
-    with pytest.raises(BackupError, match=r"cannot read backup key file .*missing: No such file"):
-        load_key(tmp_path / "missing")
-    garbage = tmp_path / "garbage"
-    garbage.write_text("correct horse battery staple, definitely-secret\n")
-    with pytest.raises(BackupError) as caught:
-        load_key(garbage)
-    assert "expected 64 hex digits" in str(caught.value)
-    assert "staple" not in str(caught.value) and "\n" not in str(caught.value)
-
-
-def test_a_readable_key_file_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path = tmp_path / "key"
-    path.write_text(os.urandom(32).hex())
-    path.chmod(0o644)
-    load_key(path)
-    assert "can be read by other users (mode 644); chmod 600 it" in caplog.text
-    assert path.read_text() not in caplog.text
 
 
 def test_archive_members_and_manifest_round_trip(key: BackupKey) -> None:

