@@ -1,39 +1,53 @@
-"""Backup figures, in one run: the encrypted format's speed against a single-shot AES-GCM of the same bytes, and
-peak memory while backing up a small and a ten times larger input.
+"""Backup figures, in one run: age encryption (pyrage, and the age binary through pipes) against the format it
+replaced (sgbk: our AES-256-GCM STREAM), and the whole backup pipeline of each, with peak memory for a small and a
+ten times larger input.
 
 Run: ``.venv/bin/python bench/backup.py [--small-mib 200] [--large-mib 2048] [--dir /tmp]`` (from the repository
-root). Part 1 encrypts and decrypts 256 MiB in memory with the STREAM format (1 MiB chunks, what backups use)
-and with one AESGCM call over the whole buffer (output buffers allocated and touched beforehand, so the baseline
-is the cipher alone), interleaved, best of 3 after a warm-up. Goal: ≥ 1 GB/s encryption + decryption.
-Part 2 generates text-like input files and, in a fresh process each, streams them through the whole backup
-pipeline (read from a pipe as from pg_dump → gzip at the default level → encrypt → SHA-256 → file → fsync) and back
-(decrypt → gunzip → unpack, as verify does before pg_restore), printing each process's peak RSS (VmHWM). Goal:
-the same peak for both sizes. The files are deleted at the end.
+root; the age binary part needs Debian's ``age``). Part 1 encrypts and decrypts 256 MiB of random bytes in memory,
+streamed in 1 MiB pieces as backups do: sgbk (the baseline; its writer now lives in the tests), pyrage through the
+product's adapters (controllers/backup/encryption.py), and ``age`` fed through a pipe; interleaved, best of 3 after
+a warm-up, ratios against sgbk. Part 2 generates text-like input files and, in a fresh process each, streams them
+through each whole pipeline (read from a pipe as from pg_dump → archive → gzip at the default level → encryption →
+SHA-256 → file → fsync) and back (decryption → gunzip → unpack, as verify does before pg_restore), printing
+throughput and each process's peak RSS (VmHWM; for the age binary also the child's). Goals: the age pipeline no
+worse than 0.8× sgbk's, and the same peak for both sizes. The files are deleted at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pyrage import x25519
 
 from singularity_ops.config import BackupConfig
-from singularity_ops.controllers.backup.archive import ArchiveWriter, read_archive
-from singularity_ops.controllers.backup.format import TAG_SIZE, BackupKey, EncryptingWriter, decrypt
+from singularity_ops.controllers.backup import sgbk
+from singularity_ops.controllers.backup.archive import ArchiveReader, ArchiveWriter
+from singularity_ops.controllers.backup.encryption import decrypt, encrypt
+from singularity_ops.controllers.backup.errors import BackupError
+from tests.controllers.backup.sgbk_writer import ArchiveWriter as SgbkArchiveWriter
+from tests.controllers.backup.sgbk_writer import EncryptingWriter
 
 MIB = 1 << 20
-KEY = bytes(range(32))  # the bench's own fixed key: nothing real is encrypted
+LEGACY = sgbk.LegacyKey(bytes(range(32)))  # the bench's own fixed keys: nothing real is encrypted
+IDENTITY = x25519.Identity.from_str("AGE-SECRET-KEY-10GWY989X5C8DSTYLNVQE5PF32W02592GA92MDFE3UPJ4LSSC72RS5XAW2K")
+PUBLIC = str(IDENTITY.to_public())
+LEVEL = BackupConfig().compression_level
 
 
 class NullSink:
@@ -41,57 +55,114 @@ class NullSink:
         return len(data)
 
 
-def best(seconds: list[float]) -> float:
-    return min(seconds)
+class Hashing:
+    """SHA-256 of what passes, as backups take of the encrypted file both ways (the pyrage adapters do it too)."""
+
+    def __init__(self, file: Any = None) -> None:
+        self.file, self.digest = file, hashlib.sha256()
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.digest.update(data)
+        return len(data) if self.file is None else self.file.write(data)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.file.read(size)
+        self.digest.update(data)
+        return data
 
 
-def throughput(size: int, rounds: int = 3) -> None:
+def pieces(data: bytes) -> Iterator[memoryview]:
+    view = memoryview(data)
+    for start in range(0, len(view), MIB):
+        yield view[start:start + MIB]
+
+
+def wrong_key() -> BackupError:
+    return BackupError("the bench's key does not open it")
+
+
+class AgeProcess:
+    """The age binary with its stdout drained by a thread: ``write`` feeds stdin, ``close`` waits."""
+
+    def __init__(self, args: list[str], out: Callable[[bytes], Any]) -> None:
+        self.process = subprocess.Popen(["age", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._thread = threading.Thread(target=self._drain, args=(out,), daemon=True)
+        self._thread.start()
+
+    def _drain(self, out: Callable[[bytes], Any]) -> None:
+        while block := self.process.stdout.read1(MIB):  # type: ignore[union-attr]
+            out(block)
+
+    def write(self, data: bytes | memoryview) -> int:
+        return self.process.stdin.write(data)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self.process.stdin.close()  # type: ignore[union-attr]
+        self._thread.join()
+        if self.process.wait() != 0:
+            raise RuntimeError("age failed")
+
+
+def key_file(folder: Path) -> Path:
+    path = folder / "bench.key"
+    path.write_text(f"{IDENTITY}\n")
+    path.chmod(0o600)
+    return path
+
+
+def throughput(size: int, folder: Path, rounds: int = 3) -> None:
     data = os.urandom(size)
-    key = BackupKey(KEY)
-    aead = AESGCM(KEY)
-    sealed_once = bytearray(size + TAG_SIZE)
-    opened_once = bytearray(size)
-    nonce = bytes(12)
-    sink = io.BytesIO()
-    writer = EncryptingWriter(sink, key)  # warm-up, and the ciphertext the STREAM decryption reads
-    writer.write(data)
+    have_binary = subprocess.run(["sh", "-c", "command -v age"], capture_output=True).returncode == 0
+    key = key_file(folder)
+    sealed_sgbk, sealed_age = io.BytesIO(), io.BytesIO()
+    writer = EncryptingWriter(sealed_sgbk, LEGACY)  # warm-up, and the ciphertexts the decryptions read
+    for piece in pieces(data):
+        writer.write(piece)
     writer.close()
-    stream_sealed = sink.getvalue()
-    aead.encrypt_into(nonce, data, None, sealed_once)
-    aead.decrypt_into(nonce, bytes(sealed_once), None, opened_once)
-    sealed_bytes = bytes(sealed_once)
+    encrypt(pieces(data), sealed_age, [IDENTITY.to_public()])
 
-    timings: dict[str, list[float]] = {"stream_enc": [], "stream_dec": [], "single_enc": [], "single_dec": []}
-    for _ in range(rounds):
-        started = time.perf_counter()
-        writer = EncryptingWriter(NullSink(), key)
-        writer.write(data)
+    def sgbk_enc() -> None:
+        writer = EncryptingWriter(Hashing(), LEGACY)  # type: ignore[arg-type]
+        for piece in pieces(data):
+            writer.write(piece)
         writer.close()
-        timings["stream_enc"].append(time.perf_counter() - started)
 
-        started = time.perf_counter()
-        for _chunk in decrypt(io.BytesIO(stream_sealed), key, "bench"):
+    def sgbk_dec() -> None:
+        for _ in sgbk.decrypt(Hashing(io.BytesIO(sealed_sgbk.getvalue())), LEGACY, "bench"):  # type: ignore[arg-type]
             pass
-        timings["stream_dec"].append(time.perf_counter() - started)
 
-        started = time.perf_counter()
-        aead.encrypt_into(nonce, data, None, sealed_once)
-        timings["single_enc"].append(time.perf_counter() - started)
+    def binary(args: list[str], source: bytes) -> None:
+        age = AgeProcess(args, Hashing().write)
+        for piece in pieces(source):
+            age.write(piece)
+        age.close()
 
-        started = time.perf_counter()
-        aead.decrypt_into(nonce, sealed_bytes, None, opened_once)
-        timings["single_dec"].append(time.perf_counter() - started)
-
-    rate = {name: size / best(values) / 1e9 for name, values in timings.items()}
-    both = {way: 2 * size / (best(timings[f"{way}_enc"]) + best(timings[f"{way}_dec"])) / 1e9
-            for way in ("stream", "single")}
-    print(f"Part 1: {size // MIB} MiB in memory, best of {rounds}")
-    print(f"  single-shot AES-256-GCM (baseline): encrypt {rate['single_enc']:5.2f} GB/s, decrypt "
-          f"{rate['single_dec']:5.2f} GB/s, both {both['single']:5.2f} GB/s")
-    print(f"  STREAM, 1 MiB chunks + HKDF:        encrypt {rate['stream_enc']:5.2f} GB/s, decrypt "
-          f"{rate['stream_dec']:5.2f} GB/s, both {both['stream']:5.2f} GB/s")
-    print(f"  ratio STREAM / single-shot: {both['stream'] / both['single']:.2f} "
-          f"(goal: encryption + decryption >= 1 GB/s: {'met' if both['stream'] >= 1 else 'NOT met'})")
+    ways: dict[str, Callable[[], None]] = {
+        "sgbk_enc": sgbk_enc, "sgbk_dec": sgbk_dec,
+        "pyrage_enc": lambda: encrypt(pieces(data), NullSink(), [IDENTITY.to_public()]),  # type: ignore[arg-type]
+        "pyrage_dec": lambda: decrypt(io.BytesIO(sealed_age.getvalue()), [IDENTITY], lambda _: None, "bench",
+                                      wrong_key)}
+    if have_binary:
+        ways["binary_enc"] = lambda: binary(["-r", PUBLIC], data)
+        ways["binary_dec"] = lambda: binary(["-d", "-i", str(key)], sealed_age.getvalue())
+    timings: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(rounds):
+        for name, way in ways.items():
+            started = time.perf_counter()
+            way()
+            timings[name].append(time.perf_counter() - started)
+    rate = {name: size / min(values) / 1e9 for name, values in timings.items()}
+    print(f"Part 1: {size // MIB} MiB in memory, 1 MiB pieces, best of {rounds}")
+    for way, label in (("sgbk", "sgbk STREAM (baseline)"), ("pyrage", "age, pyrage (kept)"),
+                       ("binary", "age, the age binary")):
+        if f"{way}_enc" not in rate:
+            print(f"  {label:24s} not measured: no age binary on PATH")
+            continue
+        both = 2 * size / (min(timings[f"{way}_enc"]) + min(timings[f"{way}_dec"])) / 1e9
+        base = 2 * size / (min(timings["sgbk_enc"]) + min(timings["sgbk_dec"])) / 1e9
+        print(f"  {label:24s} encrypt {rate[f'{way}_enc']:5.2f} GB/s ({rate[f'{way}_enc'] / rate['sgbk_enc']:4.2f}x),"
+              f" decrypt {rate[f'{way}_dec']:5.2f} GB/s ({rate[f'{way}_dec'] / rate['sgbk_dec']:4.2f}x), both "
+              f"{both:5.2f} GB/s ({both / base:4.2f}x)")
 
 
 def generate(path: Path, size: int) -> None:
@@ -122,41 +193,69 @@ def peak_rss_mib() -> float:
     return float("nan")
 
 
-def child_backup(source: Path, target: Path) -> None:
-    import hashlib
+def child_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
+
+def archive_stream(source: Any) -> Iterator[bytes]:
+    archive = ArchiveWriter(LEVEL, time.time())
+    yield from archive.dump(source)
+    yield from archive.finish({"id": "bench", "contents": archive.members})
+
+
+def child_backup(way: str, source: Path, target: Path) -> None:
     before = peak_rss_mib()
     started = time.perf_counter()
-    process = subprocess.Popen(["cat", str(source)], stdout=subprocess.PIPE)
-    digest = hashlib.sha256()
+    dump = subprocess.Popen(["cat", str(source)], stdout=subprocess.PIPE)
     with open(target, "wb") as raw:
-        class Hashing:
-            def write(self, data: bytes | memoryview) -> int:
-                digest.update(data)
-                return raw.write(data)
-
-        writer = EncryptingWriter(Hashing(), BackupKey(KEY))
-        archive = ArchiveWriter(writer, level=BackupConfig().compression_level)
-        archive.add("database.dump", process.stdout, "pg_dump")  # type: ignore[arg-type]
-        archive.finish({"id": "bench", "contents": archive.members})
-        writer.close()
+        if way == "sgbk":
+            writer = EncryptingWriter(Hashing(raw), LEGACY)  # type: ignore[arg-type]
+            archive = SgbkArchiveWriter(writer, LEVEL)
+            archive.add("database.dump", dump.stdout, "pg_dump")  # type: ignore[arg-type]
+            archive.finish({"id": "bench", "contents": archive.members})
+            writer.close()
+        elif way == "pyrage":
+            encrypt(archive_stream(dump.stdout), raw, [IDENTITY.to_public()])
+        else:
+            age = AgeProcess(["-r", PUBLIC], Hashing(raw).write)
+            for piece in archive_stream(dump.stdout):
+                age.write(piece)
+            age.close()
         raw.flush()
         os.fsync(raw.fileno())
-    process.wait()
+    dump.wait()
     print(json.dumps({"seconds": time.perf_counter() - started, "peak_mib": peak_rss_mib(), "start_mib": before,
-                      "out_bytes": target.stat().st_size}))
+                      "child_mib": child_rss_mib(), "out_bytes": target.stat().st_size}))
 
 
-def child_read(target: Path) -> None:
+def child_read(way: str, target: Path) -> None:
     before = peak_rss_mib()
     started = time.perf_counter()
-    total = 0
+    total = [0]
+
+    def count(event: str, value: Any) -> None:
+        if event == "data":
+            total[0] += len(value)
+
     with open(target, "rb") as raw:
-        for event, value in read_archive(decrypt(raw, BackupKey(KEY), target.name), target.name):
-            if event == "data":
-                total += len(value)
+        if way == "sgbk":
+            source = Hashing(raw)
+            for event, value in sgbk.read_archive(sgbk.decrypt(source, LEGACY, target.name), target.name):  # type: ignore[arg-type]
+                count(event, value)
+        else:
+            reader = ArchiveReader(target.name, count)
+            if way == "pyrage":
+                decrypt(raw, [IDENTITY], reader.feed, target.name, wrong_key)
+            else:
+                age = AgeProcess(["-d", "-i", str(key_file(target.parent))], reader.feed)
+                digest = hashlib.sha256()
+                while block := raw.read(MIB):
+                    digest.update(block)
+                    age.write(block)
+                age.close()
+            reader.finish()
     print(json.dumps({"seconds": time.perf_counter() - started, "peak_mib": peak_rss_mib(), "start_mib": before,
-                      "bytes": total}))
+                      "child_mib": child_rss_mib(), "bytes": total[0]}))
 
 
 def run_child(*args: str) -> dict:
@@ -164,27 +263,37 @@ def run_child(*args: str) -> dict:
     return json.loads(output)
 
 
-def memory(small_mib: int, large_mib: int, directory: Path) -> None:
-    print(f"Part 2: peak RSS of a fresh process backing up (and reading back) a {small_mib} MiB and a {large_mib} "
-          "MiB input")
+def pipelines(small_mib: int, large_mib: int, directory: Path, ways: list[str]) -> None:
+    print(f"Part 2: whole pipelines, a fresh process each, on a {small_mib} MiB and a {large_mib} MiB history-like "
+          f"input (gzip level {LEVEL})")
     with tempfile.TemporaryDirectory(dir=directory, prefix="bench-backup-") as folder:
-        peaks = {}
+        results: dict[tuple[str, int], tuple[dict, dict]] = {}
         for mib in (small_mib, large_mib):
-            source, target = Path(folder) / f"input-{mib}", Path(folder) / f"backup-{mib}.sgbk"
+            source = Path(folder) / f"input-{mib}"
             generate(source, mib * MIB)
-            made = run_child("--child-backup", str(source), str(target))
-            read = run_child("--child-read", str(target))
-            assert read["bytes"] == mib * MIB
-            peaks[mib] = (made["peak_mib"], read["peak_mib"])
-            print(f"  {mib:5d} MiB: backup {made['seconds']:5.1f} s ({mib / made['seconds']:4.0f} MiB/s, "
-                  f"{made['out_bytes'] / MIB:6.1f} MiB file), peak RSS {made['peak_mib']:5.1f} MiB "
-                  f"(after imports {made['start_mib']:.1f}); read back {read['seconds']:5.1f} s "
-                  f"({mib / read['seconds']:4.0f} MiB/s), peak RSS {read['peak_mib']:5.1f} MiB")
+            for way in ways:
+                target = Path(folder) / f"backup-{mib}.{way}"
+                made = run_child("--child-backup", way, str(source), str(target))
+                read = run_child("--child-read", way, str(target))
+                assert read["bytes"] == mib * MIB, (way, read)
+                results[(way, mib)] = (made, read)
+                child = f", age process {made['child_mib']:.1f}/{read['child_mib']:.1f}" if way == "binary" else ""
+                print(f"  {way:6s} {mib:5d} MiB: backup {mib / made['seconds']:5.0f} MiB/s "
+                      f"({made['out_bytes'] / (mib * MIB):.0%} of the input), peak RSS {made['peak_mib']:5.1f} MiB "
+                      f"(after imports {made['start_mib']:.1f}); read back {mib / read['seconds']:5.0f} MiB/s, peak "
+                      f"RSS {read['peak_mib']:5.1f} MiB{child}")
+                target.unlink()
             source.unlink()
-            target.unlink()
-        grow = [peaks[large_mib][i] - peaks[small_mib][i] for i in (0, 1)]
-        print(f"  peak RSS difference {large_mib} vs {small_mib} MiB: backup {grow[0]:+.1f} MiB, read back "
-              f"{grow[1]:+.1f} MiB (goal: flat)")
+        for way in ways:
+            grow = [results[(way, large_mib)][i]["peak_mib"] - results[(way, small_mib)][i]["peak_mib"]
+                    for i in (0, 1)]
+            line = f"  {way:6s} peak RSS {large_mib} vs {small_mib} MiB: backup {grow[0]:+.1f} MiB, read {grow[1]:+.1f}"
+            if way != "sgbk":
+                ratio = [results[("sgbk", large_mib)][i]["seconds"] / results[(way, large_mib)][i]["seconds"]
+                         for i in (0, 1)]
+                line += (f"; throughput against sgbk at {large_mib} MiB: backup {ratio[0]:.2f}x, read back "
+                         f"{ratio[1]:.2f}x (goal: backup >= 0.8x)")
+            print(line + " (goal: flat)")
 
 
 def main() -> None:
@@ -192,16 +301,18 @@ def main() -> None:
     parser.add_argument("--small-mib", type=int, default=200)
     parser.add_argument("--large-mib", type=int, default=2048)
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where the inputs go")
-    parser.add_argument("--child-backup", nargs=2, type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--child-read", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child-backup", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child-read", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_backup:
-        child_backup(*args.child_backup)
+        child_backup(args.child_backup[0], Path(args.child_backup[1]), Path(args.child_backup[2]))
     elif args.child_read:
-        child_read(args.child_read)
+        child_read(args.child_read[0], Path(args.child_read[1]))
     else:
-        throughput(256 * MIB)
-        memory(args.small_mib, args.large_mib, args.dir)
+        with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-keys-") as folder:
+            throughput(256 * MIB, Path(folder))
+        have_binary = subprocess.run(["sh", "-c", "command -v age"], capture_output=True).returncode == 0
+        pipelines(args.small_mib, args.large_mib, args.dir, ["sgbk", "pyrage", *(["binary"] if have_binary else [])])
 
 
 if __name__ == "__main__":

@@ -92,34 +92,43 @@ def _poisson(rng: random.Random, mean: float) -> int:
 
 
 class History:
-    """What store.observe reads from cache_requests, in memory."""
+    """What store.observe reads from cache_requests, in memory: every request in time order."""
 
     def __init__(self) -> None:
-        self.times: dict[str, list[datetime]] = defaultdict(list)
+        self.times: list[datetime] = []
+        self.keys: list[str] = []
         self.material: dict[str, dict] = {}
-        self.first: datetime | None = None
+
+    @property
+    def first(self) -> datetime | None:
+        return self.times[0] if self.times else None
 
     def add(self, at: datetime, key: str, material: dict) -> None:
-        self.times[key].append(at)
+        self.times.append(at)
+        self.keys.append(key)
         self.material[key] = material
-        self.first = self.first or at
+
+    def _between(self, start: datetime, end: datetime) -> list[str]:
+        return self.keys[bisect.bisect_left(self.times, start):bisect.bisect_left(self.times, end)]
 
     def observe(self, window: Window, now: datetime, weeks: int, recency: timedelta) -> list[Observed]:
-        found = []
-        for key, times in self.times.items():
-            weekly = {k: bisect.bisect_left(times, window.end - k * timedelta(days=7))
-                      - bisect.bisect_left(times, window.start - k * timedelta(days=7)) for k in range(1, weeks + 1)}
-            recent = bisect.bisect_left(times, now) - bisect.bisect_left(times, now - recency)
-            if recent or any(weekly.values()):
-                found.append(Observed(key, MODEL, "", self.material[key], weekly, recent))
-        return found
+        weekly: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+        for k in range(1, weeks + 1):
+            for key in self._between(window.start - k * timedelta(days=7), window.end - k * timedelta(days=7)):
+                weekly[key][k] += 1
+        recent: dict[str, int] = defaultdict(int)
+        for key in self._between(now - recency, now):
+            recent[key] += 1
+        return [Observed(key, MODEL, "", self.material[key], dict(weekly.get(key, {})), recent.get(key, 0))
+                for key in sorted(set(weekly) | set(recent))]
 
 
 def replay(events: list[tuple[datetime, str, bool]], settings: CacheConfig, warm: bool) -> dict[str, float]:
     expires: dict[str, datetime] = {}
     warmed: set[str] = set()
     history = History()
-    counted = {"requests": 0, "hits": 0, "first": 0, "first_hits": 0, "warms": 0, "warm_hits": 0}
+    counted = {"requests": 0, "hits": 0, "first": 0, "first_hits": 0, "warms": 0, "warm_hits": 0, "useful": 0}
+    credited: set[str] = set()
     next_tick = START
     last_request = START - IDLE
     spent: list[tuple[datetime, int]] = []
@@ -144,6 +153,7 @@ def replay(events: list[tuple[datetime, str, bool]], settings: CacheConfig, warm
                 spent.append((when, WARM_TOKENS))
                 expires[prediction.key] = when + TTL
                 warmed.add(prediction.key)
+                credited.discard(prediction.key)
                 counted["warms"] += int(at >= START + timedelta(days=7 * LEARN_WEEKS))
             next_tick += TICK
         material = chat_material(MODEL, prompt)
@@ -155,6 +165,9 @@ def replay(events: list[tuple[datetime, str, bool]], settings: CacheConfig, warm
             counted["first"] += first
             counted["first_hits"] += hit and first
             counted["warm_hits"] += hit and key in warmed
+            if hit and key in warmed and key not in credited:
+                credited.add(key)
+                counted["useful"] += 1
         if not hit:
             expires[key] = at + TTL
             warmed.discard(key)
@@ -174,8 +187,10 @@ def main() -> None:
     print(f"seed {seed}: {len(events)} requests over {WEEKS} weeks; {counted} counted (weeks {LEARN_WEEKS + 1}-{WEEKS})")
     for name, c in (("cache alone", alone), ("cache + warmer", warmer)):
         print(f"  {name:15s} hit ratio {c['hits'] / c['requests']:6.1%}   first of a busy window "
-              f"{c['first_hits'] / c['first']:6.1%} ({c['first_hits']}/{c['first']})   warms {c['warms']}, "
-              f"hits on warmed entries {c['warm_hits']}")
+              f"{c['first_hits'] / c['first']:6.1%} ({c['first_hits']}/{c['first']})")
+        if c["warms"]:
+            print(f"  {'':15s} warms {c['warms']}, of which used {c['useful']} ({c['useful'] / c['warms']:.0%}); "
+                  f"hits on warmed entries {c['warm_hits']}")
     ratio = (warmer["first_hits"] / warmer["first"]) / max(alone["first_hits"] / alone["first"], 1e-9)
     print(f"  first-of-window hit ratio, warmer / alone: {ratio:.1f}x; overall: "
           f"{(warmer['hits'] / warmer['requests']) / (alone['hits'] / alone['requests']):.2f}x")

@@ -17,6 +17,7 @@ No secret ever leaves these objects: ``repr`` shows public keys and the old key'
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -202,7 +203,8 @@ def write_new_key(path: Path, carry: LegacyKey | None = None) -> NewKey:
         os.replace(temporary, path)
         _fsync_directory(path.parent)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
         raise BackupError(f"cannot add an age identity to {path}: {exc.strerror}. Where it cannot change (a Docker "
                           "secret), write a new key file with `singularity-ops backup keygen --output FILE` (it "
                           "carries the old key along) and point SINGULARITY_BACKUP_KEY_FILE at it") from None

@@ -125,6 +125,27 @@ def test_keygen_writes_the_default_key_where_backups_find_it(backup_cli, monkeyp
     assert json.loads(out)["status"] == "ok"
 
 
+def test_keygen_upgrades_an_old_key_file_in_place_or_carries_its_key_to_a_new_one(backup_cli,
+                                                                                  tmp_path: Path) -> None:
+    old = "ab" * 32  # a key file from before the age format
+    (tmp_path / "backup.key").write_text(old + "\n")
+    (tmp_path / "backup.key").chmod(0o600)
+    from singularity_ops.controllers.backup.errors import BackupError
+
+    with pytest.raises(BackupError, match=r"holds an old-format key .*Run `singularity-ops backup keygen`"):
+        backup_cli("create")
+    code, out, _ = backup_cli("keygen", "--output", str(tmp_path / "elsewhere.key"))
+    assert code == 0 and "it carries the old key (key id " in out and "Set SINGULARITY_BACKUP_KEY_FILE=" in out
+    assert (tmp_path / "backup.key").read_text() == old + "\n"  # untouched
+    assert old in (tmp_path / "elsewhere.key").read_text()
+    code, out, _ = backup_cli("keygen")
+    assert code == 0 and out.startswith(f"added an age identity to {tmp_path / 'backup.key'} (public key age1")
+    assert "the old key (key id " in out and "still reads the backups made before the age format" in out
+    assert old not in out
+    _, out, _ = backup_cli("create", "--no-verify", "--json")
+    assert json.loads(out)["format"] == "age"
+
+
 def test_create_without_a_key_is_refused(backup_cli) -> None:
     from singularity_ops.controllers.backup.errors import BackupError
 

@@ -304,6 +304,9 @@ class OllamaStandIn:
         # message) → the reply, or None for the default words. Whitespace is kept; a token is a word with the
         # whitespace before it, so num_predict cuts a reply at a word.
         self.answer: Callable[[str, str], str | None] | None = None
+        # How /api/embed embeds a text: (text, length) -> vector; None: a deterministic random unit vector per text
+        # (different texts are never similar). Tests of semantic matching give it a real embedding.
+        self.embedder: Callable[[str, int], list[float]] | None = None
         self.default_num_ctx = 4096  # Ollama 0.12's default context length
         self.vram_fraction = 0.0  # share of a model Ollama reports in VRAM for API-triggered loads
         # RAM + swap free for models, as Ollama's CPU load check sees it: a load whose resident size does not fit
@@ -832,7 +835,10 @@ class OllamaStandIn:
         if not inputs:
             return self._json({"model": name, "embeddings": []})
         dimensions = body.get("dimensions") or 0
-        vectors = [_embedding(text, model.embedding_length, dimensions) for text in inputs]
+        if self.embedder is not None:
+            vectors = [self.embedder(text, dimensions or model.embedding_length) for text in inputs]
+        else:
+            vectors = [_embedding(text, model.embedding_length, dimensions) for text in inputs]
         return self._json(
             {
                 "model": name,

@@ -27,6 +27,7 @@ from singularity_ops.errors import SingularityError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 EXTENSION = "vector"
+EF_SEARCH = 100
 
 
 class CacheUnavailable(SingularityError):
@@ -81,6 +82,8 @@ class Connections:
                                                      connect_timeout=max(1, round(self._connect_timeout)))
         with contextlib.suppress(psycopg.Error):  # pgvector 0.8: scan on until LIMIT rows pass the scope filter
             await conn.execute("SET hnsw.iterative_scan = relaxed_order")
+        with contextlib.suppress(psycopg.Error):  # 40 by default: recall@1 ~80 % at 100k entries, 100: see bench
+            await conn.execute(f"SET hnsw.ef_search = {EF_SEARCH}")
         return conn
 
     async def run(self, work: Callable[[psycopg.AsyncConnection], Awaitable[T]]) -> T:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from singularity_ops.exporter.gateway.prompts.layer import PromptLayer
 from singularity_ops.store import Database
 
 CHAT = INFERENCE["/api/chat"]
-AT = datetime(2025, 6, 2, 9, 0, tzinfo=UTC)
+AT = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)  # recent: retention prunes older ones
 
 
 class Clock:

@@ -150,7 +150,8 @@ def test_feedback_settles_a_dialogue_for_its_own_client_only(make_layer, migrate
         ("success", "feedback", 1.0)]
     later = make_layer()  # another gateway, or this one restarted: the request is found in the database
     answer = loop.run_until_complete(later.rate(tracked.request_id, "alice", "failure", 0.0))
-    assert answer.prompt_id == PID, answer
+    assert not isinstance(answer, str), answer
+    assert answer.prompt_id == PID
     loop.run_until_complete(later.sync_once())
     assert rows(migrated, "SELECT outcome, rating FROM prompt_dialogues") == [("failure", 0.0)]
     missing = loop.run_until_complete(later.rate(str(uuid.uuid4()), "alice", "success", 1.0))
@@ -182,3 +183,23 @@ def _exposition(layer) -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(layer.metrics.registry).decode()
+
+
+def test_retention_drops_old_and_excess_dialogues_but_not_an_open_experiments(make_layer, migrated, loop) -> None:
+    enable_first(make_layer, migrated, loop)
+    layer = make_layer()
+    old, _ = layer.apply(CHAT, chat(SYSTEM, "last month"), "alice", "llama3.2:3b", AT - timedelta(days=40))
+    layer.finish(old, 200, "answer", None, 0.1)
+    for index in range(3):
+        recent, _ = layer.apply(CHAT, chat(SYSTEM, f"recent {index}"), "bob", "llama3.2:3b",
+                                AT + timedelta(minutes=index))
+        layer.finish(recent, 200, "answer", None, 0.1)
+    loop.run_until_complete(layer.sync_once())
+    candidate(migrated, "Be brief.", 1.0)
+    loop.run_until_complete(layer.sync_once())
+    tested, _ = layer.apply(CHAT, chat(SYSTEM, "in the experiment"), "alice", "llama3.2:3b", AT - timedelta(days=40))
+    layer.finish(tested, 200, "answer", None, 0.1)
+    loop.run_until_complete(layer.sync_once())
+    make_layer(max_dialogues_per_prompt=2)  # its first sync prunes
+    kept = {text for (text,) in rows(migrated, "SELECT messages->-1->>'content' FROM prompt_dialogues")}
+    assert kept == {"in the experiment", "recent 1", "recent 2"}
