@@ -17,7 +17,6 @@ warm-up. Recall: how often the HNSW answer is the true nearest neighbour. Goal (
 from __future__ import annotations
 
 import asyncio
-import random
 import statistics
 import sys
 import tempfile

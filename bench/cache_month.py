@@ -128,6 +128,7 @@ def replay(events: list[tuple[datetime, str, bool]], settings: CacheConfig, warm
     warmed: set[str] = set()
     history = History()
     counted = {"requests": 0, "hits": 0, "first": 0, "first_hits": 0, "warms": 0, "warm_hits": 0, "useful": 0}
+    families: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # kind of question -> [warms, used]
     credited: set[str] = set()
     next_tick = START
     last_request = START - IDLE
@@ -155,6 +156,7 @@ def replay(events: list[tuple[datetime, str, bool]], settings: CacheConfig, warm
                 warmed.add(prediction.key)
                 credited.discard(prediction.key)
                 counted["warms"] += int(at >= START + timedelta(days=7 * LEARN_WEEKS))
+                families[prediction.prompt.split(" ")[0]][0] += int(at >= START + timedelta(days=7 * LEARN_WEEKS))
             next_tick += TICK
         material = chat_material(MODEL, prompt)
         key = request_keys(material, "")[0]
@@ -168,11 +170,13 @@ def replay(events: list[tuple[datetime, str, bool]], settings: CacheConfig, warm
             if hit and key in warmed and key not in credited:
                 credited.add(key)
                 counted["useful"] += 1
+                families[prompt.split(" ")[0]][1] += 1
         if not hit:
             expires[key] = at + TTL
             warmed.discard(key)
         history.add(at, key, material)
         last_request = at
+    counted["families"] = dict(families)
     return counted
 
 
@@ -184,13 +188,16 @@ def main() -> None:
     settings = CacheConfig(enabled=True, warmer=CacheWarmerConfig(calendar=[calendar]))
     alone, warmer = replay(events, settings, warm=False), replay(events, settings, warm=True)
     counted = sum(1 for at, _, _ in events if at >= START + timedelta(days=7 * LEARN_WEEKS))
-    print(f"seed {seed}: {len(events)} requests over {WEEKS} weeks; {counted} counted (weeks {LEARN_WEEKS + 1}-{WEEKS})")
+    print(f"seed {seed}: {len(events)} requests over {WEEKS} weeks; {counted} counted "
+          f"(weeks {LEARN_WEEKS + 1}-{WEEKS})")
     for name, c in (("cache alone", alone), ("cache + warmer", warmer)):
         print(f"  {name:15s} hit ratio {c['hits'] / c['requests']:6.1%}   first of a busy window "
               f"{c['first_hits'] / c['first']:6.1%} ({c['first_hits']}/{c['first']})")
         if c["warms"]:
             print(f"  {'':15s} warms {c['warms']}, of which used {c['useful']} ({c['useful'] / c['warms']:.0%}); "
                   f"hits on warmed entries {c['warm_hits']}")
+            print(f"  {'':15s} warms (used) by kind: " + ", ".join(
+                f"{kind} {n} ({used})" for kind, (n, used) in sorted(c["families"].items(), key=lambda f: -f[1][0])))
     ratio = (warmer["first_hits"] / warmer["first"]) / max(alone["first_hits"] / alone["first"], 1e-9)
     print(f"  first-of-window hit ratio, warmer / alone: {ratio:.1f}x; overall: "
           f"{(warmer['hits'] / warmer['requests']) / (alone['hits'] / alone['requests']):.2f}x")

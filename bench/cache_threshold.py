@@ -6,9 +6,10 @@ semantic caches: should-hit ``near_repeat`` (100) and ``paraphrase`` (200), and 
 ``negation``, ``entity_swap``, ``number_date``, ``scope`` (75 each). Its labels were written by language models
 and a human checked a sample (its README). Split by a hash of the pair id, fixed before any tuning: **dev** (even)
 chooses, **held out** (odd) reports. The guard's word list was written after reading the false hits of the whole
-question set, so its held-out figure is not clean; the clean check is the **conversations** set of the same
-package (240 chat pairs whose final user turns match; traps differ earlier in the chat), not read while tuning and
-scored as the cache decides: a hit needs the same conversation before the last turn (the scope).
+question set, so its held-out figure is optimistic. The package's **conversations** (240 chat pairs whose last
+user turns match and whose earlier turns differ: 120 traps where the context changes the answer, 120 where it does
+not) are scored as the cache decides: a hit needs the same conversation before the last turn (the scope), which
+no pair has: no context trap is served, and no reworded context is matched either.
 
 Embeddings: ``wordllama`` 0.4.0 (PyPI, MIT, 256-dimensional static sentence embeddings) standing in for the
 Ollama embedding model. Run (nothing is downloaded at run time)::

@@ -6,11 +6,14 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
+from singularity_ops.cli import cache as cache_cli  # light: imports its work when run
 from singularity_ops.cli.tables import print_table
 from singularity_ops.config import Config, load_config
 from singularity_ops.errors import DatabaseError, OllamaError, SingularityError
@@ -87,8 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     from singularity_ops.cli import validate as validate_cli
 
     validate_cli.add_parser(commands, _common)
-
-    from singularity_ops.cli import cache as cache_cli
 
     cache_cli.add_parser(commands, _common)
 
@@ -194,6 +195,9 @@ def cmd_check_memory(config: Config, args: argparse.Namespace) -> int:
     return 1 if args.fail_on_misfit and any(not row.fit.fits for row in rows) else 0
 
 
+CONTROLLER_STOP_SECONDS = 60
+
+
 def start_controllers(config: Config, names: list[str], stop: threading.Event) -> list[threading.Thread]:
     from singularity_ops.controllers.base import run_forever
     from singularity_ops.controllers.registry import load_all
@@ -234,6 +238,9 @@ def cmd_exporter(config: Config, args: argparse.Namespace) -> int:
     from singularity_ops.store import Database
 
     check_exposure(config)  # before the database starts: a refusal is one line, at once
+    from singularity_ops.heap import limit_arenas
+
+    limit_arenas()  # before any thread starts (singularity_ops/heap.py)
     database = None
     try:
         database = Database.open_migrated(config.database, config.home)
@@ -248,10 +255,11 @@ def cmd_exporter(config: Config, args: argparse.Namespace) -> int:
         exporter.registry.register(supervisor)
         supervisor.start()
     stop_controllers = threading.Event()
+    controllers: list[threading.Thread] = []
     if args.command == "run":
         from singularity_ops.controllers.registry import load_all
 
-        start_controllers(config, sorted(load_all()), stop_controllers)
+        controllers = start_controllers(config, sorted(load_all()), stop_controllers)
     try:  # libuv's event loop when installed (pip install 'singularity-ops[uvloop]'): a slightly cheaper proxy hop
         import uvloop
 
@@ -260,6 +268,18 @@ def cmd_exporter(config: Config, args: argparse.Namespace) -> int:
         run = asyncio.run
     run(serve(exporter))
     stop_controllers.set()
+    # A controller in the middle of its tick (a backup, a validation) finishes it and closes what it holds: the
+    # interpreter must not tear down under a running thread (an abort, and a half-written backup).
+    deadline = time.monotonic() + CONTROLLER_STOP_SECONDS
+    for thread in controllers:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if any(thread.is_alive() for thread in controllers):
+        log.warning("controllers still busy after %d s: %s; exiting without them", CONTROLLER_STOP_SECONDS,
+                    ", ".join(thread.name for thread in controllers if thread.is_alive()))
+        if supervisor is not None:
+            supervisor.stop()
+        logging.shutdown()
+        os._exit(0)  # a normal exit would abort in the busy thread's native code
     if supervisor is not None:
         supervisor.stop()
     return 0
@@ -335,12 +355,6 @@ def _keys(config: Config, args: argparse.Namespace) -> int:
     return security_cli.run_keys(config, args)
 
 
-def _cache(config: Config, args: argparse.Namespace) -> int:
-    from singularity_ops.cli import cache as cache_cli
-
-    return cache_cli.run(config, args)
-
-
 def _prompts(config: Config, args: argparse.Namespace) -> int:
     from singularity_ops.cli import prompts as prompts_cli
 
@@ -368,7 +382,7 @@ COMMANDS = {
     "validate": _validate,
     "keys": _keys,
     "alerts": _alerts,
-    "cache": _cache,
+    "cache": cache_cli.run,
     "prompts": _prompts,
     "breakers": cmd_breakers,
     "stack": cmd_stack,

@@ -43,6 +43,7 @@ from singularity_ops.exporter.connections import (
 from singularity_ops.exporter.gateway.history.writer import HistoryWriter
 from singularity_ops.exporter.gateway.service import GatewayService
 from singularity_ops.exporter.listener import Listener, drop_server_header, expect
+from singularity_ops.heap import trim
 from singularity_ops.ollama_api import OllamaClient
 from singularity_ops.ollama_state import OllamaState
 from singularity_ops.store import Database, KeptConnection
@@ -104,7 +105,8 @@ class Exporter:
                     raise SingularityError(f"{exc}: another exporter runs with home {config.home}; stop it, or "
                                            "give this one its own --home") from None
                 registry.register(history)
-            gateway = GatewayService(config, registry, state, history)
+            # The cache (cache.enabled) opens the same database as the history, on its first lookup.
+            gateway = GatewayService(config, registry, state, history, database_url=lambda: handle.get().url)
         return cls(config, registry, state, scrape, catalogue, gateway, connections)
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
@@ -176,6 +178,16 @@ def _limits(config: Config, file_limit: int) -> tuple[Limits, Limits]:
             Limits("metrics", METRICS_MAX_CONNECTIONS, METRICS_MAX_PER_CLIENT, *timeouts))
 
 
+TRIM_SECONDS = 15.0  # about one Prometheus scrape interval
+
+
+async def _trim_heap_every(seconds: float) -> None:
+    """Free heap back to the system after start-up, then every ``seconds`` (singularity_ops/heap.py)."""
+    while True:
+        trim()
+        await asyncio.sleep(seconds)
+
+
 async def serve(exporter: Exporter, stop: asyncio.Event | None = None) -> None:
     config = exporter.config
     stop = stop or asyncio.Event()
@@ -209,7 +221,11 @@ async def serve(exporter: Exporter, stop: asyncio.Event | None = None) -> None:
         if exporter.catalogue is not None:
             exporter.catalogue.start()
         serving = True
-        await stop.wait()
+        trimming = asyncio.create_task(_trim_heap_every(TRIM_SECONDS))
+        try:
+            await stop.wait()
+        finally:
+            trimming.cancel()
     finally:
         log.info("exporter stopping")
         for listener in reversed(listeners):

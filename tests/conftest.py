@@ -18,6 +18,19 @@ REPO = Path(__file__).resolve().parents[1]
 SLOW_FIXTURES = {"live"}
 
 
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """A test that runs a command in-process (``main([...])``) sets up logging as the command does: root level and
+    handlers. Put them back, so that a later test's caplog still sees warnings."""
+    import logging
+
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    root.handlers[:] = handlers
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):

@@ -64,7 +64,9 @@ class BackupKeys:
                 "made with it, but new backups are in the age format and need an age identity. Run "
                 "`singularity-ops backup keygen`, which adds one to that file and keeps the old key in it "
                 "(docs/BACKUPS.md#keys)")
-        return [*(identity.to_public() for identity in self._identities), *parse_recipients(extra)]
+        chosen = {str(r): r for r in [*(identity.to_public() for identity in self._identities),
+                                      *parse_recipients(extra)]}  # each once, in order
+        return list(chosen.values())
 
     def __repr__(self) -> str:
         old = f", old_key_id={self.legacy.key_id!r}" if self.legacy else ""

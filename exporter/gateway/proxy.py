@@ -25,11 +25,13 @@ import aiohttp
 from aiohttp import web
 
 from singularity_ops.config import Config
+from singularity_ops.exporter.gateway.cache.cache import NO_CACHE, add_cache_header
 from singularity_ops.exporter.gateway.compression import SUMMARISE_INSTRUCTION, compress, transcript, with_summary
 from singularity_ops.exporter.gateway.cost import CostModel
 from singularity_ops.exporter.gateway.endpoints import INFERENCE, Dialect, Endpoint, endpoint_label
 from singularity_ops.exporter.gateway.metering import GatewayMetrics
 from singularity_ops.exporter.gateway.model_names import ModelNames
+from singularity_ops.exporter.gateway.prompts.feedback import FEEDBACK_PATH, OUTCOME_KEY, add_headers, handle_feedback
 from singularity_ops.exporter.gateway.request import (
     HOP_BY_HOP,
     Refused,
@@ -72,6 +74,9 @@ class Outcome:
     prompt_hash: str | None = None
     prompt_text: str | None = None
     client: str = ""
+    cache_hit: bool = False
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))  # X-Request-Id
+    prompt: Any = None  # prompts.layer.Tracked: a request of an enabled system prompt
 
 
 class Gateway:
@@ -97,7 +102,9 @@ class Gateway:
         self.rollup = rollup
         self.tracing = tracing
         self.guard = guard  # guard/detector.py: keys, scopes, admin routes; the detectors unless guard.enabled is false
+        self.cache: Any = NO_CACHE  # cache/cache.py's SemanticCache, set by the service when cache.enabled
         self.router: Any = None  # gateway.routes (routing.RouteTable), set by the service when routes are configured
+        self.prompts: Any = None  # prompts.layer.PromptLayer, set by the service unless prompt_optimizer is off
         upstream = urlsplit(self.upstream)
         self._server = (upstream.hostname, upstream.port)
         self._upstream_headers = upstream_headers(config.upstream.headers)  # secrets: never logged
@@ -119,6 +126,8 @@ class Gateway:
         app.router.add_route("*", "/{tail:.*}", self.handle, expect_handler=expect)
         app.on_response_prepare.append(_drop_server_header)
         app.on_response_prepare.append(add_route_header)
+        app.on_response_prepare.append(add_cache_header)
+        app.on_response_prepare.append(add_headers)  # X-Request-Id, X-Singularity-Variant
         return app
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -126,6 +135,7 @@ class Gateway:
         endpoint = INFERENCE.get(request.path) if request.method == "POST" else None
         outcome = Outcome(endpoint, endpoint_label(request.path), "none", received, datetime.now(UTC),
                           client=request.remote or "")
+        request[OUTCOME_KEY] = outcome
         try:
             return await self._handle(request, outcome)
         except asyncio.CancelledError:  # the client went away: not upstream's fault
@@ -156,6 +166,8 @@ class Gateway:
                 outcome.status, outcome.error_type = refusal.status, refusal.reason
                 self.metrics.child(self.metrics.rejected, refusal.reason).inc()
                 return error_response(refusal.status, refusal.message, refusal.headers)
+        if request.path == FEEDBACK_PATH:  # the gateway's own route (prompts/feedback.py)
+            return await handle_feedback(self.prompts, request.method, body, outcome.client)
         if endpoint is not None:
             breaker = self.breakers.get(outcome.model)
             permit = breaker.allow()
@@ -166,6 +178,12 @@ class Gateway:
                 return error_response(503, breaker.rejection_message(), {"Retry-After": str(seconds)})
             if payload is not None:
                 body, strip_usage = await self._rewrite(endpoint, payload, body, outcome)
+            cached = await self.cache.before(request, payload, outcome.client, outcome.model, strip_usage,
+                                             managed=outcome.prompt is not None)  # a hit is the whole answer
+            if cached is not None:
+                permit.record_ignored()  # Ollama was not asked: nothing for its breaker
+                outcome.status, outcome.cache_hit = cached.status, True
+                return cached
         try:
             response = await self._forward(request, body, outcome, strip_usage)
         except asyncio.CancelledError:
@@ -181,6 +199,9 @@ class Gateway:
                        outcome: Outcome) -> tuple[bytes, bool]:
         """Compression of chat history and, for OpenAI streams, asking Ollama for usage."""
         changed, strip_usage = False, False
+        if self.prompts is not None:  # managed system prompts: the promoted text, or an experiment's candidate
+            outcome.prompt, body = self.prompts.apply(endpoint, payload, body, outcome.client, outcome.model,
+                                                      outcome.at, outcome.request_id)
         prompt: Any = payload.get("messages") if endpoint.chat else payload.get("prompt", payload.get("input"))
         if prompt is not None:
             text = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
@@ -235,7 +256,7 @@ class Gateway:
         headers = forwarded_headers(request.headers, self._upstream_headers)
         url = self.upstream + request.rel_url.raw_path_qs
         openai = outcome.endpoint is not None and outcome.endpoint.dialect is Dialect.OPENAI
-        keep_text = self.config.history.store_text and outcome.endpoint is not None
+        keep_text = (self.config.history.store_text or outcome.prompt is not None) and outcome.endpoint is not None
         try:
             async with self.session.request(request.method, url, data=body or None, headers=headers,
                                             allow_redirects=False) as upstream:
@@ -249,6 +270,7 @@ class Gateway:
                     data = self.router.listing(request.path, upstream.status, data)
                 if outcome.endpoint is not None:
                     read_answer(data, openai, outcome.usage, keep_text)
+                    self.cache.answered(request, upstream.status, data)
                 return web.Response(status=upstream.status, body=data, headers=reply_headers)
         except TimeoutError:
             outcome.status, outcome.error_type = 504, "timeout"
@@ -268,9 +290,12 @@ class Gateway:
         await response.prepare(request)
         meter = StreamMeter(openai, keep_text, strip_usage)
         outcome.usage = meter.usage
+        capture = self.cache.capture(request, upstream.status)  # a stream to store once it ends complete
         try:
             async for chunk in upstream.content.iter_any():
                 forward = meter.feed(chunk, time.perf_counter())
+                if capture is not None:
+                    capture.feed(chunk)
                 if forward:
                     await response.write(forward)
         except (aiohttp.ClientError, TimeoutError) as exc:  # upstream broke mid-stream; headers are gone
@@ -283,6 +308,7 @@ class Gateway:
         except ConnectionError:  # the client went away while we were writing to it
             outcome.status, outcome.error_type = CLIENT_CLOSED, "client_closed"
             return response
+        self.cache.streamed(request)  # the stream ended as Ollama ended it
         rest = meter.finish(time.perf_counter())
         if rest:
             await response.write(rest)
@@ -298,6 +324,8 @@ class Gateway:
         if outcome.endpoint is None:
             return
         usage = outcome.usage
+        if outcome.prompt is not None:
+            self.prompts.finish(outcome.prompt, status, "".join(usage.text), outcome.error or usage.error, elapsed)
         error_type = outcome.error_type or (str(status) if status >= 400 else (
             "stream_error" if usage.error else ""))
         m.child(m.operation_duration, model, outcome.endpoint.operation, error_type).observe(elapsed)
@@ -349,7 +377,7 @@ class Gateway:
                 "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
                 "ttft_seconds": ttft, "duration_seconds": elapsed, "tokens_per_second": tokens_per_second,
                 "cost": charge.cost, "currency": self.cost.currency, "energy_joules": charge.energy_joules,
-                "compression_ratio": outcome.compression_ratio, "cache_hit": False,
+                "compression_ratio": outcome.compression_ratio, "cache_hit": outcome.cache_hit,
                 "prompt_hash": outcome.prompt_hash, "prompt_text": outcome.prompt_text,
                 "response_text": "".join(usage.text) if self.config.history.store_text and usage.text else None,
                 "error": outcome.error or usage.error,

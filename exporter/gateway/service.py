@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from singularity_ops.config import Config
 from singularity_ops.exporter.gateway.breaker import BreakerPolicy, Transition
 from singularity_ops.exporter.gateway.breaker_registry import BreakerRegistry
+from singularity_ops.exporter.gateway.cache.service import CacheService
 from singularity_ops.exporter.gateway.cost import CostModel
 from singularity_ops.exporter.gateway.guard.access import check_exposure
 from singularity_ops.exporter.gateway.guard.detector import Guard, GuardMetrics
@@ -19,6 +21,7 @@ from singularity_ops.exporter.gateway.history.rollup import MinuteRollup
 from singularity_ops.exporter.gateway.history.writer import HistoryWriter
 from singularity_ops.exporter.gateway.metering import GatewayMetrics
 from singularity_ops.exporter.gateway.model_names import ModelNames
+from singularity_ops.exporter.gateway.prompts.layer import PromptLayer
 from singularity_ops.exporter.gateway.proxy import Gateway
 from singularity_ops.exporter.gateway.routing import RouteTable, open_breakers_of
 from singularity_ops.exporter.gateway.tracing import Tracing
@@ -37,7 +40,7 @@ def read_temperatures() -> tuple[float | None, float | None]:
 
 class GatewayService:
     def __init__(self, config: Config, registry: CollectorRegistry, state: OllamaState,
-                 history: HistoryWriter | None = None) -> None:
+                 history: HistoryWriter | None = None, database_url: Callable[[], str] | None = None) -> None:
         self.state = state
         self.names = ModelNames()
         self._watts: float | None = None
@@ -75,6 +78,13 @@ class GatewayService:
                                      KeptConnection(history._connect) if history is not None else None,
                                      open_breakers_of(self.breakers))
             self.gateway.router = self.routes
+        if history is not None and config.prompt_optimizer.enabled:  # managed system prompts, on the history's database
+            self.gateway.prompts = PromptLayer(config.prompt_optimizer, registry, history._connect)
+        self.cache_service: CacheService | None = None
+        if config.cache.enabled and database_url is not None:  # the semantic cache (docs/PREDICTIVE_CACHE_WARMING.md)
+            self.cache_service = CacheService(config, registry, state.snapshot, database_url,
+                                              lambda: self.gateway.session, self.gateway._upstream_headers)
+            self.gateway.cache = self.cache_service.cache
         self.rollup = rollup
         self._task: asyncio.Task[None] | None = None
 
@@ -113,9 +123,13 @@ class GatewayService:
         if self.history is not None:
             self.history.start()
         await self.gateway.start()
+        if self.cache_service is not None:
+            await self.cache_service.start()
         if self.alerts is not None:
             self.alerts.start()
         await self.guard.start()
+        if self.gateway.prompts is not None:
+            await self.gateway.prompts.start()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.refresh)
         self._task = asyncio.create_task(self._refresh_forever())
@@ -135,7 +149,11 @@ class GatewayService:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self.cache_service is not None:
+            await self.cache_service.close()
         await self.gateway.close()
+        if self.gateway.prompts is not None:
+            await self.gateway.prompts.close()
         if self.routes is not None:
             self.routes.close()
         await self.guard.close()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from singularity_ops.config.cache import CacheConfig
 from singularity_ops.config.fields import (
     DEFAULT_HOME,
     Secret,
@@ -25,7 +26,6 @@ from singularity_ops.config.fields import (
     setting,
     setting_table,
 )
-from singularity_ops.config.cache import CacheConfig
 from singularity_ops.config.prompt_optimizer import PromptOptimizerConfig
 from singularity_ops.ollama_host import parse_ollama_host
 from singularity_ops.schedule import WEEKDAYS, check_hours, parse_days, week_overlap
@@ -118,6 +118,9 @@ class GuardInjectionConfig:
     # "module:factory" of an optional classifier (docs/ANOMALY_DETECTION.md); None = the fast scorer alone.
     classifier: str | None = None
     classifier_min_score: float = setting(0.2, ge=0, check=lambda v: _at_most(v, 1.0))
+    # The learned stage (guard/classifier.py): "builtin" (the model shipped in the package), "off" (the patterns
+    # alone), or the path of a manifest written by scripts/train_injection_model.py.
+    model: str = "builtin"
 
 
 @dataclass

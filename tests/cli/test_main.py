@@ -154,7 +154,8 @@ def test_exporter_serves_metrics_migrates_and_stops_on_sigterm(command: str, oll
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SINGULARITY_", "OLLAMA_"))}
     env = {**base, "OLLAMA_HOST": ollama.host, "SINGULARITY_DATABASE_URL": database_url,
            "SINGULARITY_HOME": str(tmp_path / "home")}
-    process = subprocess.Popen([*CLI, command, "--metrics-listen", f"127.0.0.1:{port}"], env=env,
+    process = subprocess.Popen([*CLI, command, "--metrics-listen", f"127.0.0.1:{port}",
+                                "--gateway-listen", f"127.0.0.1:{free_port()}"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(f"http://127.0.0.1:{port}/healthz", process)
@@ -184,7 +185,8 @@ def test_exporter_keeps_serving_when_the_database_is_unreachable(ollama) -> None
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SINGULARITY_", "OLLAMA_"))}
     env = {**base, "OLLAMA_HOST": ollama.host,
            "SINGULARITY_DATABASE_URL": f"postgresql://x@127.0.0.1:{free_port()}/x"}
-    process = subprocess.Popen([*CLI, "exporter", "--metrics-listen", f"127.0.0.1:{port}"], env=env,
+    process = subprocess.Popen([*CLI, "exporter", "--metrics-listen", f"127.0.0.1:{port}",
+                                "--gateway-listen", f"127.0.0.1:{free_port()}"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(f"http://127.0.0.1:{port}/healthz", process)
@@ -206,6 +208,7 @@ def test_port_in_use_is_one_line(ollama) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = run("exporter", "--metrics-listen", f"127.0.0.1:{port}",
+                     "--gateway-listen", f"127.0.0.1:{free_port()}",
                      env={"OLLAMA_HOST": ollama.host, "SINGULARITY_DATABASE_URL": "postgresql://x@127.0.0.1:1/x"})
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

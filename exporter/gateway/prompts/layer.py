@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import json
 import logging
 import time
 import uuid
@@ -34,12 +36,18 @@ from singularity_ops.exporter.gateway.prompts import store
 from singularity_ops.exporter.gateway.prompts.metrics import PromptMetrics
 from singularity_ops.exporter.gateway.prompts.outcomes import Followups, immediate
 from singularity_ops.exporter.gateway.prompts.store import Batch, Managed, Seen, Settlement
-from singularity_ops.exporter.gateway.prompts.system import dialogue_messages, find_system, replace_system, user_texts
+from singularity_ops.exporter.gateway.prompts.system import (
+    dialogue_messages,
+    find_system,
+    replace_system,
+    substituted_body,
+    user_texts,
+)
 from singularity_ops.prompt_ab import CANDIDATE, prompt_id, variant_of
 from singularity_ops.store import KeptConnection
 
 log = logging.getLogger(__name__)
-MAX_BUFFERED = 10_000  # dialogues waiting for the database
+MAX_BUFFERED = 10_000  # dialogues (and outcomes, distinct prompts) waiting for the database
 MAX_RECENT = 50_000  # request ids answered from memory by the feedback route
 MAX_IDS = 4096  # prompt texts whose hash is remembered
 PRUNE_SECONDS = 600.0
@@ -70,6 +78,7 @@ class Recent:
     variant: str | None
 
 
+@functools.lru_cache(maxsize=4096)
 def client_hash(client: str) -> str | None:
     return hashlib.sha256(client.encode()).hexdigest() if client else None
 
@@ -95,28 +104,30 @@ class PromptLayer:
 
     # --- the request path ------------------------------------------------------------------------------------
 
-    def apply(self, endpoint: Endpoint, payload: dict[str, Any], client: str, model: str, at: datetime,
-              request_id: str | None = None) -> tuple[Tracked | None, bool]:
+    def apply(self, endpoint: Endpoint, payload: dict[str, Any], body: bytes, client: str, model: str, at: datetime,
+              request_id: str | None = None) -> tuple[Tracked | None, bytes]:
         """Note the request's system prompt; for an enabled one, substitute what is served and start tracking.
-        Returns (tracked or None, whether ``payload`` changed)."""
+        Returns (tracked or None, the body to send). A substitution changes ``payload`` too, so that a later
+        rewrite of the whole payload (compression) keeps it."""
         found = find_system(endpoint, payload)
         if found is None:
-            return None, False
+            return None, body
         pid = self._ids.get(found.text)
         if pid is None:
             if len(self._ids) >= MAX_IDS:
                 self._ids.clear()
             pid = self._ids[found.text] = prompt_id(found.text)
         seen = self._batch.seen.get(pid)
-        if seen is None:
+        if seen is None and len(self._batch.seen) < MAX_BUFFERED:  # a flood of distinct prompts: noted up to this
             chars = self.settings.preview_chars
             seen = self._batch.seen[pid] = Seen(at, at, preview=found.text[:chars] if chars else None)
-        seen.last = at
-        seen.count += 1
-        seen.models.add(model)
+        if seen is not None:
+            seen.last = at
+            seen.count += 1
+            seen.models.add(model)
         managed = self.managed.get(pid)
         if managed is None:
-            return None, False
+            return None, body
         if not managed.has_original and pid not in self._originals_sent:
             self._batch.originals[pid] = found.text
             self._originals_sent.add(pid)
@@ -130,14 +141,14 @@ class PromptLayer:
             tracked.variant = variant_of(client, experiment.id, experiment.share)
             if tracked.variant == CANDIDATE:
                 text, tracked.served_candidate = experiment.candidate_text, experiment.candidate_id
-            self.metrics.experiment_requests.labels(managed.name, tracked.variant).inc()
-        self.metrics.requests.labels(managed.name).inc()
+            self.metrics.experiment_requests[managed.name, tracked.variant] += 1
+        self.metrics.requests[managed.name,] += 1
         for settled in self.followups.observe(client, pid, tracked.users, self.clock()):
             self._settle(settled.request_id, settled.outcome, settled.reason, at)
         if text is not None and text != found.text:
             replace_system(payload, found, text)
-            return tracked, True
-        return tracked, False
+            return tracked, substituted_body(body, found.text, text) or json.dumps(payload).encode()
+        return tracked, body
 
     def finish(self, tracked: Tracked, status: int, answer: str | None, error: str | None,
                latency_seconds: float) -> None:
@@ -147,7 +158,7 @@ class PromptLayer:
         prompt = tracked.prompt
         dialogues = self._batch.dialogues
         dialogues.append({
-            "request_id": uuid.UUID(tracked.request_id), "prompt_id": prompt.prompt_id, "at": tracked.at,
+            "request_id": tracked.request_id, "prompt_id": prompt.prompt_id, "at": tracked.at,
             "client_hash": client_hash(tracked.client), "model": tracked.model, "endpoint": tracked.endpoint,
             "messages": tracked.messages, "answer": answer, "latency_seconds": latency_seconds, "status": status,
             "experiment_id": tracked.experiment_id, "variant": tracked.variant,
@@ -165,15 +176,18 @@ class PromptLayer:
             self.followups.remember(tracked.client, prompt.prompt_id, tracked.request_id, tracked.users, self.clock())
 
     def _settle(self, request_id: str, outcome: str, reason: str, at: datetime, rating: float | None = None) -> None:
-        self._batch.settlements.append(Settlement(request_id, outcome, reason, at, rating))
+        settlements = self._batch.settlements
+        settlements.append(Settlement(request_id, outcome, reason, at, rating))
+        if len(settlements) > MAX_BUFFERED:
+            del settlements[0]
         recent = self._recent.get(request_id)
         if recent is not None:
             self._count(recent.name, recent.variant, outcome)
 
     def _count(self, name: str, variant: str | None, outcome: str) -> None:
-        self.metrics.outcomes.labels(name, outcome).inc()
+        self.metrics.outcomes[name, outcome] += 1
         if variant is not None:
-            self.metrics.experiment_outcomes.labels(name, variant, outcome).inc()
+            self.metrics.experiment_outcomes[name, variant, outcome] += 1
 
     # --- feedback ---------------------------------------------------------------------------------------------
 
@@ -263,6 +277,7 @@ class PromptLayer:
         batch.originals.update(newer.originals)
         batch.dialogues.extend(newer.dialogues)
         batch.settlements.extend(newer.settlements)
+        del batch.settlements[:-MAX_BUFFERED]
         excess = len(batch.dialogues) - MAX_BUFFERED
         if excess > 0:
             del batch.dialogues[:excess]

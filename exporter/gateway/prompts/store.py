@@ -87,7 +87,7 @@ ON CONFLICT (id) DO UPDATE SET
 _DIALOGUE = """
 INSERT INTO prompt_dialogues (request_id, prompt_id, at, client_hash, model, endpoint, messages, answer,
     latency_seconds, status, experiment_id, variant, served_candidate, outcome, outcome_reason, settled_at)
-SELECT %(request_id)s, %(prompt_id)s, %(at)s, %(client_hash)s, %(model)s, %(endpoint)s, %(messages)s, %(answer)s,
+SELECT %(request_id)s::uuid, %(prompt_id)s, %(at)s, %(client_hash)s, %(model)s, %(endpoint)s, %(messages)s, %(answer)s,
     %(latency_seconds)s, %(status)s, %(experiment_id)s, %(variant)s, %(served_candidate)s, %(outcome)s,
     %(outcome_reason)s, %(settled_at)s
 WHERE EXISTS (SELECT 1 FROM prompts WHERE id = %(prompt_id)s)
@@ -96,7 +96,7 @@ ON CONFLICT (request_id) DO NOTHING
 # Heuristics settle only a dialogue nothing has settled yet; explicit feedback settles any, and again.
 _SETTLE = """
 UPDATE prompt_dialogues SET outcome = %s, outcome_reason = %s, rating = coalesce(%s, rating), settled_at = %s
-WHERE request_id = %s AND (outcome = 'unknown' OR %s = 'feedback')
+WHERE request_id = %s::uuid AND (outcome = 'unknown' OR %s = 'feedback')
 """
 _LOAD = """
 SELECT p.id, p.name, p.live_candidate, live.text, p.original_text IS NOT NULL,

@@ -4,6 +4,8 @@ is a list of parts (OpenAI's form) counts when every part is text; other request
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +54,25 @@ def replace_system(payload: dict[str, Any], found: Found, text: str) -> None:
     messages = list(payload["messages"])
     messages[found.index] = {**messages[found.index], "content": text}
     payload["messages"] = messages
+
+
+def substituted_body(body: bytes, old: str, new: str) -> bytes | None:
+    """The request body with the JSON string ``old`` swapped for ``new`` in place, without decoding and encoding the
+    whole body again (that costs more than the rest of the substitution together); None when ``old`` is not there
+    exactly once in either of the two forms JSON encoders write (ASCII escapes or raw UTF-8): then the caller
+    serialises the changed payload instead."""
+    forms, replacement = _encoded(old, new)
+    found = [form for form in forms if form in body]
+    if len(found) != 1 or body.count(found[0]) != 1:
+        return None
+    return body.replace(found[0], replacement)
+
+
+@functools.lru_cache(maxsize=256)
+def _encoded(old: str, new: str) -> tuple[tuple[bytes, ...], bytes]:
+    """The JSON forms of ``old`` and of ``new``: the same few prompts, request after request."""
+    forms = {json.dumps(old).encode(), json.dumps(old, ensure_ascii=False).encode("utf-8", "surrogatepass")}
+    return tuple(forms), json.dumps(new, ensure_ascii=False).encode("utf-8", "surrogatepass")
 
 
 def dialogue_messages(endpoint: Endpoint, payload: dict[str, Any]) -> list[Any]:

@@ -20,6 +20,7 @@ from singularity_ops.controllers.backup.sgbk import (
     MAGIC,
     MANIFEST,
     RECORD,
+    TAG_SIZE,
     VERSION,
     LegacyKey,
     nonce,
@@ -36,12 +37,15 @@ class EncryptingWriter:
         salt, self._prefix = secrets.token_bytes(32), secrets.token_bytes(7)
         self.header = HEADER.pack(MAGIC, VERSION, chunk_log, bytes.fromhex(key.key_id), salt, self._prefix)
         self._aead = AESGCM(key.subkey(salt, self.header))
+        self._out = bytearray(self.chunk_size + TAG_SIZE)
         self._pending = bytearray()
         self._counter = 0
         sink.write(self.header)
 
     def _seal(self, chunk: bytes | bytearray | memoryview, last: bool) -> None:
-        self._sink.write(self._aead.encrypt(nonce(self._prefix, self._counter, last), bytes(chunk), self.header))
+        out = memoryview(self._out)[:len(chunk) + TAG_SIZE]
+        self._aead.encrypt_into(nonce(self._prefix, self._counter, last), chunk, self.header, out)
+        self._sink.write(out)
         self._counter += 1
 
     def write(self, data: bytes | bytearray | memoryview) -> int:

@@ -72,6 +72,7 @@ def test_recipients_are_the_key_files_own_and_the_configured_ones(tmp_path: Path
     keys = load_keys(write_new_key(tmp_path / "k").path)
     offsite = str(x25519.Identity.generate().to_public())
     assert [str(r) for r in keys.recipients([offsite])] == [*keys.public_keys, offsite]
+    assert [str(r) for r in keys.recipients([offsite, *keys.public_keys, offsite])] == [*keys.public_keys, offsite]
     with pytest.raises(BackupError, match=r"backup\.recipients\[1\] \(age1qqqqqqqq…\) is not an age public key"):
         parse_recipients([offsite, "age1" + "q" * 58])  # the right shape, a wrong checksum
 

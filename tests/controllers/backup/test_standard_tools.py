@@ -21,8 +21,9 @@ from tests.controllers.backup.helpers import backup_config, checksums, fill, ope
 
 REPO = Path(__file__).resolve().parents[3]
 AGE = shutil.which("age")
-pytestmark = pytest.mark.skipif(AGE is None or shutil.which("tar") is None,
-                                reason="needs Debian's age and GNU tar (scripts/test installs age)")
+pytestmark = [pytest.mark.skipif(AGE is None or shutil.which("tar") is None,
+                                 reason="needs Debian's age and GNU tar (scripts/test installs age)"),
+              pytest.mark.slow]  # two backups, then age, tar, createdb and pg_restore as separate programs
 
 
 def documented_commands() -> list[str]:

@@ -163,17 +163,17 @@ def swap(data: bytes, first: int, second: int) -> bytes:
     return data[:a] + data[b:b + size] + data[a + size:b] + data[a:a + size] + data[b + size:]
 
 
-def mac_changed(data: bytes) -> bytes:
-    """The header's MAC with one base64 digit changed (still valid base64)."""
-    at = data.index(b"\n---") + 6
+def changed_at(data: bytes, at: int) -> bytes:
+    """One base64 digit of the header changed into another (still valid base64)."""
     return data[:at] + (b"B" if data[at:at + 1] == b"A" else b"A") + data[at + 1:]
 
 
 DAMAGED = r"is damaged or was tampered with: it fails authentication after \d+ bytes"
 TAMPERING = {
-    "the header's MAC changed": (mac_changed, r"header is damaged \(Header MAC is invalid\)"),
-    "a flipped byte in the recipient stanza": (lambda d: flip(d, d.index(b"-> X25519 ") + 60),
-                                               r"lists age1\w+ as its recipients, but .* its header is damaged"),
+    "the header's MAC changed": (lambda d: changed_at(d, d.index(b"\n---") + 6),
+                                 r"header is damaged \(Header MAC is invalid\)"),
+    "the recipient stanza changed": (lambda d: changed_at(d, d.index(b"-> X25519 ") + 60),  # its wrapped file key
+                                     r"lists age1\w+ as its recipients, but .* its header is damaged"),
     "a flipped byte in the nonce": (lambda d: flip(d, age_payload(d) - 3), DAMAGED.replace(r"\d+", "0")),
     "a flipped byte in the first chunk": (lambda d: flip(d, chunk(d, 0) + 7), DAMAGED.replace(r"\d+", "0")),
     "a flipped byte in a middle chunk": (lambda d: flip(d, chunk(d, 2) + 99), DAMAGED.replace(r"\d+", "131072")),

@@ -1,3 +1,8 @@
-from tests.exporter.gateway.cache.conftest import vector_database_url
+import pytest
 
-__all__ = ["vector_database_url"]
+from tests.exporter.gateway.cache.conftest import with_pgvector
+
+
+@pytest.fixture
+def vector_database_url(database_url: str) -> str:
+    return with_pgvector(database_url)

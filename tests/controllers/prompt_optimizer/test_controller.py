@@ -71,8 +71,9 @@ def test_the_schedule_optimises_a_prompt_with_enough_new_successes_once(make, da
     clock.now = BEFORE_SCHEDULE + timedelta(hours=2)
     controller.tick()
     assert candidates(database_url) == 2
-    assert rows(database_url, "SELECT actor FROM prompt_experiments") == [("prompt-optimizer",)]
-    experiments.stop(psycopg.connect(database_url, autocommit=True), "support", "cli:ops", NOW)
+    assert rows(database_url, "SELECT started_by FROM prompt_experiments") == [("prompt-optimizer",)]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        experiments.stop(conn, "support", "cli:ops", NOW)
     controller.tick()
     assert candidates(database_url) == 2  # tried once per fire time
 

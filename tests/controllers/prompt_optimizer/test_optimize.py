@@ -58,7 +58,7 @@ def test_the_optimiser_sees_the_history_the_best_and_the_worst_dialogues(setup) 
     config, conn = setup
     models = FakeModels()
     optimize(conn, "support", config.prompt_optimizer, models, "cli:ops", NOW)
-    ((model, messages, temperature),) = [c for c in models.calls if c[0] == OPTIMIZER]
+    ((_, messages, temperature),) = [c for c in models.calls if c[0] == OPTIMIZER]
     meta = messages[0]["content"]
     assert temperature == 1.0
     assert f'<prompt score="75">\n{SYSTEM}\n</prompt>' in meta  # 6 satisfied of the 8 with a signal
@@ -115,7 +115,7 @@ def test_it_refuses_clearly_without_a_model_text_or_successes(tmp_path: Path, da
         with pytest.raises(PromptError, match="no successful dialogue"):
             optimize(conn, "support", config.prompt_optimizer, FakeModels(), "cli:ops", NOW)
         no_model = make_config(tmp_path, database_url, model=None)
-        with pytest.raises(PromptError, match="prompt_optimizer.model"):
+        with pytest.raises(PromptError, match=r"prompt_optimizer\.model"):
             optimize(conn, "support", no_model.prompt_optimizer, FakeModels(), "cli:ops", NOW)
         assert store.resolve(conn, PID).enabled
 

@@ -57,12 +57,3 @@ def _answers(url: str) -> bool:
         return False
     return True
 
-
-def entries(running: GatewayUnderTest) -> float:
-    return sum(v for k, v in _series(running, "llm_cache_entries").items())
-
-
-def _series(running: GatewayUnderTest, name: str) -> dict[str, float]:
-    from tests.helpers import series
-
-    return series(running.scrape(), name)

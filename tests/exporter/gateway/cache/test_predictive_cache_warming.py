@@ -62,6 +62,7 @@ def test_a_repeated_question_is_answered_from_the_cache_and_says_so(gateways, ol
     assert again.json()["message"] == first.json()["message"]
     assert gateway.value("llm_cache_requests_total", f'{{model="{MODEL}",result="hit"}}') == 1
     assert gateway.value("llm_cache_saved_seconds_total", f'{{model="{MODEL}"}}') > 0
+    wait_for(lambda: gateway.value("llm_cache_entries", f'{{model="{MODEL}"}}') == 1, what="the entry counted")
 
 
 def _native(part: Any) -> dict[str, Any]:
@@ -250,3 +251,21 @@ def test_no_warm_while_a_user_request_is_in_flight(gateways, ollama, vector_data
         ollama.token_delay = 0.0
         wait_for(lambda: conn.execute("SELECT status FROM cache_warms").fetchone()[0] == "warmed",
                  what="the warm once idle")
+
+
+def test_a_database_away_at_start_is_tried_again_and_the_cache_comes_up_when_it_answers(
+        ollama, vector_database_url: str) -> None:
+    def away(exporter) -> None:
+        exporter.gateway.cache_service._database_url = lambda: "postgresql://nobody@127.0.0.1:1/gone?connect_timeout=1"
+
+    gateway = build(ollama, vector_database_url, prepare=away)
+    try:
+        assert chat(gateway.gateway_url).headers[HEADER] == "bypass"
+        cache = gateway.exporter.gateway.cache_service
+        cache._database_url = lambda: vector_database_url
+        wait_for(lambda: cache.cache.ready and not cache.cache.is_down(), timeout=60, what="the cache up")
+        chat(gateway.gateway_url)
+        stored(gateway)
+        assert chat(gateway.gateway_url).headers[HEADER] == "hit"
+    finally:
+        gateway.__exit__(None, None, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -70,6 +71,24 @@ def chat(system: str | None, *users: str, model: str = "llama3.2:3b") -> dict[st
     return {"model": model, "messages": messages}
 
 
+def apply(layer: PromptLayer, payload: dict[str, Any], client: str, model: str, at: datetime) -> tuple[Any, bytes]:
+    """``layer.apply`` as the proxy calls it, on the payload's JSON; (tracked, the new body, or b"" if unchanged)."""
+    body = json.dumps(payload).encode()
+    tracked, sent = layer.apply(CHAT, payload, body, client, model, at)
+    return tracked, (sent if sent != body else b"")
+
+
 def rows(url: str, query: str, *params: Any) -> list[tuple]:
     with psycopg.connect(url) as conn:
         return conn.execute(query, params).fetchall()
+
+
+@pytest.fixture
+def stack(database_url: str, make_gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ollama) -> Iterator:
+    """The gateway with its database and prompt layer, and the `prompts` command beside it (support.Stack). The
+    database is asked for first, so that it is dropped after the gateway stops."""
+    from tests.exporter.gateway.prompts.support import make_stack
+
+    made = make_stack(make_gateway, database_url, tmp_path, monkeypatch, ollama)
+    yield made
+    made.http.close()

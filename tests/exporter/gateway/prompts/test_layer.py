@@ -3,6 +3,7 @@ for enabled ones, sticky variants, feedback, and writes that survive a database 
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import timedelta
 
@@ -10,7 +11,7 @@ import psycopg
 
 from singularity_ops.controllers.prompt_optimizer import experiments, store
 from singularity_ops.prompt_ab import CANDIDATE, prompt_id
-from tests.exporter.gateway.prompts.conftest import AT, CHAT, chat, rows
+from tests.exporter.gateway.prompts.conftest import AT, apply, chat, rows
 from tests.helpers import series
 
 SYSTEM = "You are the support assistant of Example Ltd. Answer in two sentences."
@@ -25,26 +26,26 @@ def enable(url: str, name: str = "support") -> None:
 def test_every_system_prompt_is_recorded_by_hash_with_counts_models_and_a_preview(make_layer, migrated, loop) -> None:
     layer = make_layer()
     for minute, model in enumerate(["llama3.2:3b", "phi4:14b", "llama3.2:3b"]):
-        tracked, changed = layer.apply(CHAT, chat(SYSTEM, "hello", model=model), "alice", model,
+        tracked, changed = apply(layer, chat(SYSTEM, "hello", model=model), "alice", model,
                                        AT + timedelta(minutes=minute))
-        assert (tracked, changed) == (None, False)
-    layer.apply(CHAT, chat(None, "no system prompt"), "alice", "llama3.2:3b", AT)
+        assert (tracked, changed) == (None, b"")
+    apply(layer, chat(None, "no system prompt"), "alice", "llama3.2:3b", AT)
     assert loop.run_until_complete(layer.sync_once())
     assert rows(migrated, "SELECT id, first_seen, last_seen, request_count, models, preview, original_text, enabled "
                           "FROM prompts") == [
         (PID, AT, AT + timedelta(minutes=2), 3, ["llama3.2:3b", "phi4:14b"], SYSTEM[:60], None, False)]
-    layer.apply(CHAT, chat(SYSTEM, "again"), "bob", "llama3.2:3b", AT + timedelta(hours=1))
+    apply(layer, chat(SYSTEM, "again"), "bob", "llama3.2:3b", AT + timedelta(hours=1))
     loop.run_until_complete(layer.sync_once())
     assert rows(migrated, "SELECT request_count, last_seen FROM prompts") == [(4, AT + timedelta(hours=1))]
 
 
 def test_with_previews_off_only_the_hash_is_kept_and_earlier_previews_go(make_layer, migrated, loop) -> None:
     before = make_layer()
-    before.apply(CHAT, chat("Another prompt", "x"), "alice", "llama3.2:3b", AT)
+    apply(before, chat("Another prompt", "x"), "alice", "llama3.2:3b", AT)
     loop.run_until_complete(before.sync_once())
     assert rows(migrated, "SELECT preview FROM prompts") == [("Another prompt",)]
     layer = make_layer(preview_chars=0)
-    layer.apply(CHAT, chat(SYSTEM, "hello"), "alice", "llama3.2:3b", AT)
+    apply(layer, chat(SYSTEM, "hello"), "alice", "llama3.2:3b", AT)
     loop.run_until_complete(layer.sync_once())
     assert rows(migrated, "SELECT id, preview FROM prompts ORDER BY id") == sorted(
         [(prompt_id("Another prompt"), None), (PID, None)])
@@ -54,7 +55,7 @@ def test_a_prompt_that_is_not_enabled_is_neither_kept_nor_changed(make_layer, mi
     layer = make_layer()
     payload = chat(SYSTEM, "what are your opening hours?")
     before = repr(payload)
-    assert layer.apply(CHAT, payload, "alice", "llama3.2:3b", AT) == (None, False)
+    assert apply(layer, payload, "alice", "llama3.2:3b", AT) == (None, b"")
     assert repr(payload) == before
     loop.run_until_complete(layer.sync_once())
     assert rows(migrated, "SELECT count(*) FROM prompt_dialogues") == [(0,)]
@@ -62,12 +63,12 @@ def test_a_prompt_that_is_not_enabled_is_neither_kept_nor_changed(make_layer, mi
 
 def test_an_enabled_prompt_keeps_its_dialogues_and_its_text(make_layer, migrated, loop) -> None:
     layer = make_layer()
-    layer.apply(CHAT, chat(SYSTEM, "first sight"), "alice", "llama3.2:3b", AT)
+    apply(layer, chat(SYSTEM, "first sight"), "alice", "llama3.2:3b", AT)
     loop.run_until_complete(layer.sync_once())
     enable(migrated)
     loop.run_until_complete(layer.sync_once())
     payload = chat(SYSTEM, "what are your opening hours?")
-    tracked, changed = layer.apply(CHAT, payload, "alice", "llama3.2:3b", AT)
+    tracked, changed = apply(layer, payload, "alice", "llama3.2:3b", AT)
     assert tracked is not None and not changed
     layer.finish(tracked, 200, "From 9 to 5.", None, 0.25)
     loop.run_until_complete(layer.sync_once())
@@ -86,12 +87,12 @@ def test_errors_and_empty_answers_are_failures_and_a_regenerate_fails_the_one_be
                                                                                      loop) -> None:
     enable_first(make_layer, migrated, loop)
     layer = make_layer()
-    first, _ = layer.apply(CHAT, chat(SYSTEM, "why?"), "alice", "llama3.2:3b", AT)
+    first, _ = apply(layer, chat(SYSTEM, "why?"), "alice", "llama3.2:3b", AT)
     layer.finish(first, 200, "Because.", None, 0.1)
     layer.clock.now += 30
-    second, _ = layer.apply(CHAT, chat(SYSTEM, "why?"), "alice", "llama3.2:3b", AT)
+    second, _ = apply(layer, chat(SYSTEM, "why?"), "alice", "llama3.2:3b", AT)
     layer.finish(second, 200, "", None, 0.1)
-    third, _ = layer.apply(CHAT, chat(SYSTEM, "how?"), "alice", "llama3.2:3b", AT)
+    third, _ = apply(layer, chat(SYSTEM, "how?"), "alice", "llama3.2:3b", AT)
     layer.finish(third, 502, None, "cannot reach Ollama", 0.1)
     loop.run_until_complete(layer.sync_once())
     found = dict(((rid, (o, r)) for rid, o, r in rows(
@@ -102,7 +103,7 @@ def test_errors_and_empty_answers_are_failures_and_a_regenerate_fails_the_one_be
 
 def enable_first(make_layer, migrated: str, loop) -> None:
     layer = make_layer()
-    layer.apply(CHAT, chat(SYSTEM, "first sight"), "alice", "llama3.2:3b", AT)
+    apply(layer, chat(SYSTEM, "first sight"), "alice", "llama3.2:3b", AT)
     loop.run_until_complete(layer.sync_once())
     enable(migrated)
 
@@ -122,17 +123,18 @@ def test_in_an_experiment_a_sticky_share_of_clients_gets_the_candidate(make_laye
     got = {}
     for client in clients:
         payload = chat(SYSTEM, "hello")
-        tracked, changed = layer.apply(CHAT, payload, client, "llama3.2:3b", AT)
+        tracked, changed = apply(layer, payload, client, "llama3.2:3b", AT)
         got[client] = tracked.variant
-        assert changed == (tracked.variant == CANDIDATE)
-        assert payload["messages"][0]["content"] == (
+        assert bool(changed) == (tracked.variant == CANDIDATE)
+        sent = json.loads(changed or json.dumps(payload))
+        assert sent["messages"][0]["content"] == payload["messages"][0]["content"] == (
             "You are the support assistant. Answer in one friendly sentence." if changed else SYSTEM)
         assert tracked.served_candidate == (candidate_id if changed else None)
         assert tracked.messages[0]["content"] == SYSTEM  # kept as the client sent it
     share = sum(v == CANDIDATE for v in got.values()) / len(clients)
     assert 0.25 < share < 0.35  # binomial sd 0.0145 at n = 1000
     for client in clients[:100]:
-        assert layer.apply(CHAT, chat(SYSTEM, "again"), client, "llama3.2:3b", AT)[0].variant == got[client]
+        assert apply(layer, chat(SYSTEM, "again"), client, "llama3.2:3b", AT)[0].variant == got[client]
     scraped = series(_exposition(layer), "llm_prompt_experiment_requests_total")
     assert sum(scraped.values()) == 1100
 
@@ -140,7 +142,7 @@ def test_in_an_experiment_a_sticky_share_of_clients_gets_the_candidate(make_laye
 def test_feedback_settles_a_dialogue_for_its_own_client_only(make_layer, migrated, loop) -> None:
     enable_first(make_layer, migrated, loop)
     layer = make_layer()
-    tracked, _ = layer.apply(CHAT, chat(SYSTEM, "hello"), "alice", "llama3.2:3b", AT)
+    tracked, _ = apply(layer, chat(SYSTEM, "hello"), "alice", "llama3.2:3b", AT)
     layer.finish(tracked, 200, "Hi!", None, 0.1)
     assert loop.run_until_complete(layer.rate(tracked.request_id, "mallory", "failure", 0.0)) == "forbidden"
     found = loop.run_until_complete(layer.rate(tracked.request_id, "alice", "success", 1.0))
@@ -170,7 +172,7 @@ def test_what_waits_survives_a_database_outage(make_layer, migrated, loop) -> No
     layer = make_layer(connect=connect)
     layer._kept.close()
     down["now"] = True
-    tracked, _ = layer.apply(CHAT, chat(SYSTEM, "during the outage"), "alice", "llama3.2:3b", AT)
+    tracked, _ = apply(layer, chat(SYSTEM, "during the outage"), "alice", "llama3.2:3b", AT)
     layer.finish(tracked, 200, "answer", None, 0.1)
     assert not loop.run_until_complete(layer.sync_once())
     assert layer.managed  # the enabled prompts stay as last read
@@ -188,16 +190,16 @@ def _exposition(layer) -> str:
 def test_retention_drops_old_and_excess_dialogues_but_not_an_open_experiments(make_layer, migrated, loop) -> None:
     enable_first(make_layer, migrated, loop)
     layer = make_layer()
-    old, _ = layer.apply(CHAT, chat(SYSTEM, "last month"), "alice", "llama3.2:3b", AT - timedelta(days=40))
+    old, _ = apply(layer, chat(SYSTEM, "last month"), "alice", "llama3.2:3b", AT - timedelta(days=40))
     layer.finish(old, 200, "answer", None, 0.1)
     for index in range(3):
-        recent, _ = layer.apply(CHAT, chat(SYSTEM, f"recent {index}"), "bob", "llama3.2:3b",
+        recent, _ = apply(layer, chat(SYSTEM, f"recent {index}"), "bob", "llama3.2:3b",
                                 AT + timedelta(minutes=index))
         layer.finish(recent, 200, "answer", None, 0.1)
     loop.run_until_complete(layer.sync_once())
     candidate(migrated, "Be brief.", 1.0)
     loop.run_until_complete(layer.sync_once())
-    tested, _ = layer.apply(CHAT, chat(SYSTEM, "in the experiment"), "alice", "llama3.2:3b", AT - timedelta(days=40))
+    tested, _ = apply(layer, chat(SYSTEM, "in the experiment"), "alice", "llama3.2:3b", AT - timedelta(days=40))
     layer.finish(tested, 200, "answer", None, 0.1)
     loop.run_until_complete(layer.sync_once())
     make_layer(max_dialogues_per_prompt=2)  # its first sync prunes

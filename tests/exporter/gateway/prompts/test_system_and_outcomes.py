@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 from singularity_ops.exporter.gateway.endpoints import INFERENCE
 from singularity_ops.exporter.gateway.prompts.outcomes import Followups, Settled, immediate
 from singularity_ops.exporter.gateway.prompts.system import (
     dialogue_messages,
     find_system,
     replace_system,
+    substituted_body,
     user_texts,
 )
 
@@ -105,3 +108,21 @@ def test_a_forgotten_dialogue_is_left_alone() -> None:
     followups.remember("alice", "p", "r1", ["why?"], now=0.0)
     followups.forget("r1", "alice", "p")
     assert followups.observe("alice", "p", ["why?"], now=1.0) == []
+
+
+def test_the_body_is_changed_in_place_in_either_json_form() -> None:
+    for ensure_ascii in (True, False):
+        payload = {"model": "m", "messages": [{"role": "system", "content": "Sé bref."},
+                                              {"role": "user", "content": "q"}]}
+        body = json.dumps(payload, ensure_ascii=ensure_ascii, separators=(",", ":")).encode()
+        changed = substituted_body(body, "Sé bref.", 'Be "brief".')
+        assert json.loads(changed)["messages"][0]["content"] == 'Be "brief".'
+        assert json.loads(changed)["messages"][1] == {"role": "user", "content": "q"}
+
+
+def test_a_text_found_twice_or_not_at_all_is_left_to_full_serialisation() -> None:
+    twice = json.dumps({"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "x"}]}).encode()
+    assert substituted_body(twice, "x", "y") is None
+    parts = json.dumps({"messages": [{"role": "system", "content": [{"type": "text", "text": "a"},
+                                                                    {"type": "text", "text": "b"}]}]}).encode()
+    assert substituted_body(parts, "ab", "y") is None
