@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from singularity_ops.alerting.push import AlertPusher, PushedAlert  # noqa: E402
+from singularity_ops.alerting.push import AlertPusher, PushedAlert
 
 ROUNDS = 100_000
 
@@ -36,7 +36,8 @@ def main() -> None:
         queue.append(ready)
     bare = (time.perf_counter() - started) / ROUNDS
     print(f"push(), Alertmanager unreachable, {ROUNDS} calls: {pushed * 1e6:.2f} µs each "
-          f"(100 pushes: {pushed * 100 * 1e3:.3f} ms); bare deque.append {bare * 1e6:.3f} µs; ratio {pushed / bare:.0f}x")
+          f"(100 pushes: {pushed * 100 * 1e3:.3f} ms); bare deque.append {bare * 1e6:.3f} µs; "
+          f"ratio {pushed / bare:.0f}x")
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from singularity_ops.config import load_config  # noqa: E402
-from singularity_ops.exporter.app import Exporter  # noqa: E402
-from tests.conftest import DEFAULT_MODELS, free_port  # noqa: E402
-from tests.helpers import Running  # noqa: E402
-from tests.standins.models import REAL_MODELS  # noqa: E402
-from tests.standins.ollama import OllamaStandIn  # noqa: E402
+from singularity_ops.config import load_config
+from singularity_ops.exporter.app import Exporter
+from tests.conftest import DEFAULT_MODELS, free_port
+from tests.helpers import Running
+from tests.standins.models import REAL_MODELS
+from tests.standins.ollama import OllamaStandIn
 
 BROKEN, HEALTHY, ROUNDS = "llama3.2:3b", "qwen2.5-coder:1.5b", 500
 

@@ -4,7 +4,8 @@ Run: ``.venv/bin/python bench/guard.py`` from the repository root. Prints:
 
 1. the detector's own cost per request (``Guard.check``: identity with an API key, spike counter, ban lookup, token
    bucket, repeat counter, injection scorer), p50 and p99 in µs, for a short prompt, an 8k-token prompt seen for the
-   first time, and an 8k-token chat history whose old turns were seen before (goal ≤ 50 µs for a typical prompt);
+   first time, and an 8k-token chat history whose old turns were seen before (goal ≤ 1 ms p50 for a typical prompt
+   with the learned injection stage on; bench/guard_model.py measures the two injection stages apart);
 2. gateway latency with and without the detector: the Ollama stand-in and two gateways (``singularity-ops
    exporter``, one with ``guard.enabled: false``, each with its embedded PostgreSQL history) run as their own
    processes; this process sends direct, without-guard and with-guard requests interleaved, after a warm-up;
@@ -105,7 +106,7 @@ def detector_cost(keys: Path, key: str) -> None:
                           ("8k-token chat history, new turn", turns)):
         print(f"  {name:34s} p50 {quantile(samples, 0.5) * 1e6:8.1f}  p99 {quantile(samples, 0.99) * 1e6:8.1f}"
               f"   ({len(samples)} requests)")
-    print("  goal: <= 50 µs for a typical prompt")
+    print("  goal: <= 1000 µs p50 for a typical prompt, both injection stages on (bench/guard_model.py: each)")
 
 
 @contextlib.contextmanager

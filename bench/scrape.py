@@ -88,7 +88,8 @@ def rss_figures(standin: OllamaStandIn) -> None:
     env = {**os.environ, "OLLAMA_HOST": standin.host, "SINGULARITY_HOME": home,
            "SINGULARITY_LOG_LEVEL": "warning"}
     process = subprocess.Popen([sys.executable, "-m", "singularity_ops.cli", "exporter", "--metrics-listen",
-                                f"127.0.0.1:{port}", "--gateway-listen", f"127.0.0.1:{free_port()}"], env=env, stderr=subprocess.DEVNULL)
+                                f"127.0.0.1:{port}", "--gateway-listen", f"127.0.0.1:{free_port()}"], env=env,
+                               stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         for _ in range(300):

@@ -26,6 +26,7 @@ from singularity_ops.exporter.gateway.guard.classifier import (
 )
 from singularity_ops.exporter.gateway.guard.injection import InjectionScorer
 from tests.conftest import REPO
+from tests.exporter.gateway.guard.support import check, make, refused
 
 # Attacks in words of our own: no rule of patterns.py matches them, and no source the model learned from has them.
 PARAPHRASED_ATTACKS = [
@@ -150,3 +151,13 @@ def test_a_manifest_of_an_unknown_format_or_unreadable_is_a_start_up_error(copie
         load_model(manifest)
     with pytest.raises(ConfigError, match="is missing"):
         load_model(copied / "nowhere.json")
+
+
+def test_the_guard_will_not_start_with_a_broken_model_and_runs_the_patterns_alone_when_told(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nowhere\.json is missing.*guard\.injection\.model: off"):
+        make(**{"guard.injection.model": str(tmp_path / "nowhere.json")})
+    guard = make(**{"guard.injection.model": "off", "guard.injection.action": "block"})
+    assert guard.screen is not None and guard.screen.model is None
+    assert refused(check(guard, payload={"model": "m", "prompt": PARAPHRASED_ATTACKS[0]})) is None
+    assert refused(check(make(**{"guard.injection.action": "block"}),
+                         payload={"model": "m", "prompt": PARAPHRASED_ATTACKS[0]})).status == 403
