@@ -9,6 +9,8 @@ import httpx
 import psycopg
 import pytest
 
+from tests.helpers import wait_for
+
 MODEL = "llama3.2:3b"
 
 
@@ -37,7 +39,9 @@ def test_a_request_is_recorded_with_its_measurements(gateway_with_history, datab
     with httpx.stream("POST", gateway.gateway_url + "/api/chat", timeout=30, json={
             "model": MODEL, "messages": [{"role": "user", "content": "why is the sky blue?"}]}) as reply:
         body = reply.read()
-    flush(gateway)
+    # The row is handed to the writer after the last byte went out: wait for it to be written, not just flushed.
+    wait_for(lambda: gateway.exporter.gateway.history.flush(timeout=5)
+             and rows(database_url, "SELECT count(*) FROM requests")[0][0] >= 1, what="the request's row")
     ((model, endpoint, status, tokens_in, tokens_out, ttft, duration, tps, cost, prompt, response, client),) = rows(
         database_url, "SELECT model, endpoint, status, input_tokens, output_tokens, ttft_seconds, duration_seconds,"
                       " tokens_per_second, cost, prompt_text, response_text, client_hash FROM requests")
