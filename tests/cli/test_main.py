@@ -147,6 +147,7 @@ def _wait_for(url: str, process: subprocess.Popen[str]) -> None:
     raise AssertionError("exporter did not start")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["exporter", "run"])
 def test_exporter_serves_metrics_migrates_and_stops_on_sigterm(command: str, ollama, database_url: str,
                                                                 tmp_path: Path) -> None:

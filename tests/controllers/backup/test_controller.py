@@ -91,6 +91,7 @@ def test_a_due_backup_is_made_verified_and_announced_once(tmp_path: Path, databa
     assert not (tmp_path / "home" / "backup.key").exists()  # the key named by backup.key_file wins
 
 
+@pytest.mark.slow
 def test_each_new_firing_makes_one_more_and_retention_keeps_the_last_n_and_says_what_it_deleted(
         tmp_path: Path, database_url: str, alertmanager: AlertSink) -> None:
     clock = Clock()
@@ -134,6 +135,7 @@ def test_a_failure_is_recorded_announced_with_its_error_and_not_retried_until_th
     assert not missing.exists() and not (tmp_path / "home" / "backup.key").exists()  # never a key in its place
 
 
+@pytest.mark.slow
 def test_the_first_run_without_a_key_makes_one_and_backs_up_with_it(
         tmp_path: Path, database_url: str, alertmanager: AlertSink, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO")
@@ -268,6 +270,7 @@ def test_with_backups_off_and_none_made_there_is_no_staleness_to_report(tmp_path
     assert [s.value for s in families["singularity_backup_failures"].samples] == [0, 0, 0]
 
 
+@pytest.mark.slow
 def test_metrics_for_the_backup_alerts(tmp_path: Path, database_url: str, alertmanager: AlertSink) -> None:
     config = backup_config(tmp_path, database_url, daily="* * * * *")
     backups = controller(config, alertmanager, Clock(step=timedelta(seconds=1)))  # each backup takes a few seconds

@@ -63,6 +63,7 @@ def test_an_old_backup_is_listed_with_its_format(old: Old) -> None:
     assert shown["rows"] == 85 and listed.path == old.directory / f"{OLD_ID}.sgbk"
 
 
+@pytest.mark.slow
 def test_an_old_backup_verifies_and_restores_with_its_key(old: Old, postgres_server_url: str) -> None:
     result = old.backups.verify(OLD_ID)
     assert result.tables["public.people"] == 60 and result.tables['extra."Odd.Name"'] == 15
@@ -96,6 +97,7 @@ def test_an_old_key_file_refuses_new_backups_and_says_how_to_upgrade(old: Old) -
     assert sorted(path.name for path in old.directory.iterdir()) == [f"{OLD_ID}.manifest.json", f"{OLD_ID}.sgbk"]
 
 
+@pytest.mark.slow
 def test_keygen_adds_an_age_identity_to_an_old_key_file_which_then_reads_both_formats(old: Old) -> None:
     before = old.key_file.read_text().strip()
     made = write_new_key(old.key_file)

@@ -14,6 +14,7 @@ from singularity_ops.controllers.backup.errors import BackupCorrupt
 from tests.controllers.backup.helpers import backup_config, catalogue, fill, flip, open_backups
 
 
+@pytest.mark.slow
 def test_retention_keeps_exactly_the_last_seven_and_never_the_newest_verified(tmp_path: Path,
                                                                               database_url: str) -> None:
     backups = open_backups(backup_config(tmp_path, database_url))
@@ -42,6 +43,7 @@ def test_prune_dry_run_deletes_nothing_and_says_what_it_would(tmp_path: Path, da
     assert first.path in pruned.files and pruned.dry_run
 
 
+@pytest.mark.slow
 def test_a_backup_that_failed_verification_and_was_put_right_verifies_again_and_prune_keeps_it(
         tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture) -> None:
     """Issue 15: create, flip the last byte, verify fails (row failed), put the original back, verify passes: the
@@ -72,6 +74,7 @@ def test_a_backup_that_failed_verification_and_was_put_right_verifies_again_and_
     assert "deleted" not in caplog.text
 
 
+@pytest.mark.slow
 def test_prune_after_a_crash_mid_backup_deletes_only_what_the_crash_left_and_reports_it(
         tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture) -> None:
     fill(database_url, rows=50)
@@ -98,6 +101,7 @@ def test_prune_after_a_crash_mid_backup_deletes_only_what_the_crash_left_and_rep
     assert backups.verify(good.id).record.status == "ok"
 
 
+@pytest.mark.slow
 def test_a_damaged_backup_keeps_its_file_within_retention_and_loses_it_beyond(tmp_path: Path,
                                                                                database_url: str) -> None:
     backups = open_backups(backup_config(tmp_path, database_url, keep=2))
@@ -117,6 +121,7 @@ def test_a_damaged_backup_keeps_its_file_within_retention_and_loses_it_beyond(tm
     assert [status for backup_id, _, status, _ in catalogue(database_url) if backup_id == damaged.id] == ["failed"]
 
 
+@pytest.mark.slow
 def test_every_failure_is_counted_for_good(tmp_path: Path, database_url: str) -> None:
     """The failure count never goes down: not when a backup that failed verification verifies again, nor when
     retention deletes its row."""

@@ -73,6 +73,7 @@ def test_breaker_transitions_are_recorded(gateway_with_history, database_url: st
     assert (breaker, from_state, to_state, rate, calls) == (MODEL, "closed", "open", 1.0, 2)
 
 
+@pytest.mark.slow
 def test_a_database_outage_loses_no_request(gateway_with_history, database_url: str,
                                             postgres_server_url: str) -> None:
     gateway = gateway_with_history()
