@@ -49,8 +49,17 @@ def load(url: str, vectors, scopes: int) -> None:
                                 "expires_at) FROM STDIN") as copy:
             for i, vector in enumerate(vectors):
                 copy.write_row((f"k{i}", f"s{i % scopes}", "m:latest", "d", "chat", f"p{i}",
-                                "{" + ",".join(f"{v:.6g}" for v in vector) + "}", DIMS, '{"text": "x"}', "2999-01-01"))
+                                "[" + ",".join(f"{v:.6g}" for v in vector) + "]", DIMS, '{"text": "x"}', "2999-01-01"))
         conn.execute("ANALYZE cache_entries")
+
+
+async def set_up(url: str) -> None:
+    async def address() -> str:
+        return url
+
+    store = CacheStore(Connections(address, 1, 5.0))
+    await store.setup()
+    await store.db.close()
 
 
 async def measure(url: str, matrix, queries, scopes: int) -> dict[str, list[float]]:
@@ -115,6 +124,7 @@ def main() -> None:
             url = server.get_uri()
             with psycopg.connect(url, autocommit=True) as conn:
                 migrate(conn)
+            asyncio.run(set_up(url))  # the extension, and the embedding column as pgvector's vector
             print(f"{entries} entries of {DIMS} dims; {QUERIES - WARMUP} lookups each after {WARMUP} warm-up; "
                   f"in-process index holds {held / 2**20:.0f} MiB")
             for scopes in (1, 1000):
