@@ -4,6 +4,7 @@ modules small enough to have one job, and the import directions between the part
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
@@ -20,11 +21,13 @@ MAX_LINES = 400
 
 
 def product_modules() -> list[Path]:
-    return sorted(p for folder in PART_FOLDERS for p in (REPO / folder).rglob("*.py") if "__pycache__" not in p.parts)
+    # resolved: singularity_ops/cli is a link to cli/ (see test_the_parts_are_linked_into_the_import_layout)
+    return sorted({p.resolve() for folder in PART_FOLDERS for p in (REPO / folder).rglob("*.py")
+                   if "__pycache__" not in p.parts})
 
 
 def package_folders() -> list[Path]:
-    return sorted({p.parent for folder in PART_FOLDERS for p in (REPO / folder).rglob("__init__.py")})
+    return sorted({p.parent.resolve() for folder in PART_FOLDERS for p in (REPO / folder).rglob("__init__.py")})
 
 
 def test_no_module_is_over_400_lines() -> None:
@@ -58,8 +61,20 @@ def test_the_controllers_each_have_their_own_folder_once_they_span_several_files
 
 
 def lint(root: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "lint_imports.py"), "--root", str(root)],
-                          capture_output=True, text=True, timeout=120)
+    """Plain ``lint-imports`` on the checkout at ``root``, as scripts/test runs it."""
+    lint_imports = Path(sys.executable).with_name("lint-imports")
+    return subprocess.run([str(lint_imports), "--no-cache", str(root / ".importlinter")], cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=120)
+
+
+def test_the_parts_are_linked_into_the_import_layout() -> None:
+    """import-linter reads one folder per root package, so singularity_ops/ links to the parts mapped into it
+    (pyproject's package-dir): the folder tree then reads as the installed package does."""
+    mapping = SETUPTOOLS["package-dir"]
+    for name, folder in mapping.items():
+        if name != "singularity_ops":
+            link = REPO / name.replace(".", "/")
+            assert link.is_symlink() and link.resolve() == (REPO / folder).resolve(), name
 
 
 def test_the_import_contracts_hold() -> None:
@@ -80,7 +95,7 @@ def test_a_wrong_arrow_breaks_the_lint(tmp_path: Path, module: str, forbidden: s
     for item in [*PART_FOLDERS, "migrations", "pyproject.toml", ".importlinter"]:
         source = REPO / item
         if source.is_dir():
-            shutil.copytree(source, copy / item, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(source, copy / item, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, copy / item)
     target = copy / module
