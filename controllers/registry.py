@@ -26,7 +26,7 @@ def load_all() -> dict[str, Callable[[Config], Controller]]:
     import singularity_ops.controllers as package
 
     for module in pkgutil.iter_modules(package.__path__):
-        if module.name in ("base", "registry"):
+        if module.name in ("base", "registry", "leader"):  # shared pieces, not controllers
             continue
         # a controller with several files is a folder whose `controller` module registers it
         suffix = ".controller" if module.ispkg else ""

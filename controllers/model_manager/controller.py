@@ -20,6 +20,7 @@ import psycopg
 
 from singularity_ops.alerting.push import AlertPusher
 from singularity_ops.config import Config
+from singularity_ops.controllers.leader import LeaderLock
 from singularity_ops.controllers.model_manager.plan import (
     Plan,
     Skip,
@@ -29,8 +30,8 @@ from singularity_ops.controllers.model_manager.plan import (
     resolve,
 )
 from singularity_ops.controllers.model_manager.store import (
+    LOCK_KEY,
     Event,
-    LeaderLock,
     demoted_models,
     last_used,
     recent_demand,
@@ -87,7 +88,7 @@ class ModelManager:
         self.state = OllamaState(self.client, 0)
         self._database = database
         self._kept = KeptConnection(self._connect)  # reopened after an error, on the next use
-        self.lock = LeaderLock(self._connect)
+        self.lock = LeaderLock(self._connect, LOCK_KEY)
         self._held: dict[str, Held] = {}
         self._skipped: dict[str, str] = {}  # model → kind of the skip last recorded
         self._alerted: dict[str, datetime] = {}
@@ -95,7 +96,6 @@ class ModelManager:
         self._missing_warned: set[str] = set()
         self._ollama_failures = 0
         self._ollama_retry_at: datetime | None = None
-        self._standby = False
         self._last_dry_plan: dict | None = None
 
     # --- the controller contract ---------------------------------------------------------------------
@@ -112,14 +112,8 @@ class ModelManager:
                 log.info("model manager (dry run) would: %s", plan.as_json())
                 self._last_dry_plan = plan.as_json()
             return
-        if not self.lock.acquire():
-            if not self._standby:
-                log.info("model manager on standby: another replica holds the lock and acts")
-                self._standby = True
+        if not self.lock.acting("model manager"):
             return
-        if self._standby:
-            log.info("model manager acting: this replica holds the lock now")
-            self._standby = False
         try:
             self.act(now)
         except OllamaError as exc:

@@ -4,7 +4,7 @@ demotion hook, its decisions and its current wants, and the advisory lock that l
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import astuple, dataclass
 from datetime import datetime
 
@@ -25,47 +25,6 @@ class Event:
     reason: str
     need_bytes: int | None = None
     available_bytes: int | None = None
-
-
-class LeaderLock:
-    """``pg_try_advisory_lock`` on a dedicated connection, held across ticks while this replica acts. If that
-    connection dies, PostgreSQL releases the lock and another replica takes over at its next tick."""
-
-    def __init__(self, connect: Callable[[], psycopg.Connection], key: int = LOCK_KEY) -> None:
-        self._connect = connect
-        self.key = key
-        self._conn: psycopg.Connection | None = None
-        self.held = False
-
-    def acquire(self) -> bool:
-        """True when this replica holds the lock (now or still); checks the connection each time."""
-        try:
-            if self._conn is None:
-                self._conn = self._connect()
-                self._conn.autocommit = True
-            if self.held:
-                self._conn.execute("SELECT 1")
-            else:
-                row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
-                self.held = bool(row and row[0])
-        except psycopg.Error:
-            self._drop()
-            raise
-        return self.held
-
-    def release(self) -> None:
-        if self._conn is not None and self.held:
-            try:
-                self._conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
-            except psycopg.Error as exc:
-                log.debug("advisory unlock failed: %s", exc)
-        self._drop()
-
-    def _drop(self) -> None:
-        self.held = False
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
 
 
 def recent_demand(conn: psycopg.Connection, since: datetime, until: datetime) -> dict[str, datetime]:

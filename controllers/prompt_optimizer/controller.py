@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 from singularity_ops.config import Config
-from singularity_ops.controllers.model_manager.store import LeaderLock
+from singularity_ops.controllers.leader import LeaderLock
 from singularity_ops.controllers.prompt_optimizer import experiments, store
 from singularity_ops.controllers.prompt_optimizer.optimize import Models, new_successes, optimize
 from singularity_ops.controllers.registry import register
@@ -71,7 +71,6 @@ class PromptOptimizer:
         self._kept = KeptConnection(self._connect)
         self.lock = LeaderLock(self._connect, LEADER_KEY)
         self._done: dict[str, datetime] = {}  # prompt id -> the fire time it was last tried for
-        self._standby = False
 
     @property
     def models(self) -> Models:
@@ -82,12 +81,8 @@ class PromptOptimizer:
     def tick(self) -> None:
         if not self.settings.enabled:
             return
-        if not self.lock.acquire():
-            if not self._standby:
-                log.info("prompt optimizer on standby: another replica holds the lock and acts")
-                self._standby = True
+        if not self.lock.acting("prompt optimizer"):
             return
-        self._standby = False
         now = self.clock()
         self._kept.run(lambda conn: self._look(conn, now))
         fired = self._fired(now)

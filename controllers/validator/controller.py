@@ -16,7 +16,7 @@ from datetime import UTC, datetime, tzinfo
 import psycopg
 
 from singularity_ops.config import Config
-from singularity_ops.controllers.model_manager.store import LeaderLock
+from singularity_ops.controllers.leader import LeaderLock
 from singularity_ops.controllers.registry import register
 from singularity_ops.controllers.validator import results as store
 from singularity_ops.controllers.validator.runner import RunReport, ValidationBusy, ValidationRun
@@ -52,19 +52,14 @@ class Validator:
         self.lock = LeaderLock(self._connect, LEADER_KEY)
         self._suite: Suite | None = None
         self._tried: set[tuple[str, str]] = set()  # (model, digest) validated for a digest change already
-        self._standby = False
         self._ollama_down = False
         self.last_report: RunReport | None = None
 
     def tick(self) -> None:
         if not self.settings.enabled:
             return
-        if not self.lock.acquire():
-            if not self._standby:
-                log.info("validator on standby: another replica holds the lock and acts")
-                self._standby = True
+        if not self.lock.acting("validator"):
             return
-        self._standby = False
         now = self.clock()
         if self._schedule_due(now):
             self._run(None, "schedule")
