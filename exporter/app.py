@@ -7,11 +7,9 @@ import contextlib
 import ipaddress
 import logging
 import signal
-import threading
 from dataclasses import dataclass, field
 from types import ModuleType
 
-import psycopg
 from aiohttp import web
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
@@ -46,7 +44,7 @@ from singularity_ops.exporter.listener import Listener, drop_server_header, expe
 from singularity_ops.heap import trim
 from singularity_ops.ollama_api import OllamaClient
 from singularity_ops.ollama_state import OllamaState
-from singularity_ops.store import Database, KeptConnection
+from singularity_ops.store import Database, DatabaseOnDemand, KeptConnection
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +66,7 @@ class Exporter:
         client = OllamaClient(config.ollama.host, config.ollama.timeout_seconds)
         state = OllamaState(client, config.ollama.cache_seconds)
         registry = CollectorRegistry(auto_describe=False)
-        handle = DatabaseHandle(config, database)
+        handle = DatabaseOnDemand(config.database, config.home, database)
         collectors: list[Collector] = [
             OllamaCollector(state, config.memory),
             RunnerCollector(state, RunnerScan(config.ollama.cache_seconds)),
@@ -146,25 +144,6 @@ class Exporter:
             self.catalogue.stop()
         self.scrape.close()
         self.state.client.close()
-
-
-class DatabaseHandle:
-    """The history database, opened and migrated on the first success and shared by its users (the catalogue,
-    the history writer), each of which retries in its own thread while it is unreachable."""
-
-    def __init__(self, config: Config, database: Database | None = None) -> None:
-        self.config = config
-        self._database = database
-        self._lock = threading.Lock()
-
-    def get(self) -> Database:
-        with self._lock:
-            if self._database is None:
-                self._database = Database.open_migrated(self.config.database, self.config.home)
-            return self._database
-
-    def connect(self) -> psycopg.Connection:
-        return self.get().connect()
 
 
 def _limits(config: Config, file_limit: int) -> tuple[Limits, Limits]:

@@ -115,6 +115,30 @@ class Database:
             self._pool = None
 
 
+class DatabaseOnDemand:
+    """The history database, opened and migrated on the first success and shared by its users, each of which retries
+    in its own time while it is unreachable: a process starts, and serves, while the database is away."""
+
+    def __init__(self, config: DatabaseConfig, home: Path, database: Database | None = None) -> None:
+        self.config, self.home = config, home
+        self._database = database
+        self._lock = threading.Lock()
+
+    def get(self) -> Database:
+        with self._lock:
+            if self._database is None:
+                self._database = Database.open_migrated(self.config, self.home)
+            return self._database
+
+    def connect(self, **kwargs: Any) -> psycopg.Connection:
+        return self.get().connect(**kwargs)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._database is not None:
+                self._database.close()
+
+
 class KeptConnection:
     """One autocommit connection kept between uses and shared by its users (the collectors that read the database
     at scrape time): used by one at a time, dropped after an error and reopened on the next use."""

@@ -35,7 +35,7 @@ from singularity_ops.cron import zone_named
 from singularity_ops.model_fit import assess_models
 from singularity_ops.ollama_api import OllamaClient
 from singularity_ops.ollama_state import OllamaSnapshot, OllamaState
-from singularity_ops.store import Database, KeptConnection
+from singularity_ops.store import Database, DatabaseOnDemand, KeptConnection
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class CacheWarmer:
         self.interval_seconds = self.settings.warmer.interval_seconds
         self.zone = zone_named(self.settings.warmer.timezone)
         self.clock = clock
-        self._database = database
+        self._database = DatabaseOnDemand(config.database, config.home, database)
         self._kept = KeptConnection(self._connect)
         self._client: OllamaClient | None = None
         if snapshot is None:
@@ -164,8 +164,6 @@ class CacheWarmer:
     # --- database ----------------------------------------------------------------------------------------
 
     def _connect(self) -> psycopg.Connection:
-        if self._database is None:
-            self._database = Database.open_migrated(self.config.database, self.config.home)
         return self._database.connect(autocommit=True)
 
 

@@ -43,7 +43,7 @@ from singularity_ops.errors import OllamaError, SingularityError
 from singularity_ops.memory import MemoryBudget, human_bytes, measure_budget
 from singularity_ops.ollama_api import OllamaClient
 from singularity_ops.ollama_state import OllamaSnapshot, OllamaState
-from singularity_ops.store import Database, KeptConnection
+from singularity_ops.store import Database, DatabaseOnDemand, KeptConnection
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class ModelManager:
         self.client = OllamaClient(config.ollama.host, config.ollama.timeout_seconds)
         self.loader = OllamaClient(config.ollama.host, self.settings.load_timeout_seconds)
         self.state = OllamaState(self.client, 0)
-        self._database = database
+        self._database = DatabaseOnDemand(config.database, config.home, database)
         self._kept = KeptConnection(self._connect)  # reopened after an error, on the next use
         self.lock = LeaderLock(self._connect, LOCK_KEY)
         self._held: dict[str, Held] = {}
@@ -302,13 +302,8 @@ class ModelManager:
 
     # --- database --------------------------------------------------------------------------------------
 
-    def _database_handle(self) -> Database:
-        if self._database is None:
-            self._database = Database.open_migrated(self.config.database, self.config.home)
-        return self._database
-
     def _connect(self) -> psycopg.Connection:
-        return self._database_handle().connect(autocommit=True)
+        return self._database.connect(autocommit=True)
 
 
 

@@ -24,7 +24,7 @@ from singularity_ops.controllers.registry import register
 from singularity_ops.controllers.validator.ollama import ValidatorClient
 from singularity_ops.cron import Cron, zone_named
 from singularity_ops.errors import SingularityError
-from singularity_ops.store import Database, KeptConnection
+from singularity_ops.store import Database, DatabaseOnDemand, KeptConnection
 
 log = logging.getLogger(__name__)
 LEADER_KEY = 0x50_4F_50_54  # "POPT": one acting prompt optimiser
@@ -67,7 +67,7 @@ class PromptOptimizer:
         self.cron = Cron.parse(self.settings.schedule) if self.settings.schedule else None
         self.started_at = clock()
         self._models = models
-        self._database = database
+        self._database = DatabaseOnDemand(config.database, config.home, database)
         self._kept = KeptConnection(self._connect)
         self.lock = LeaderLock(self._connect, LEADER_KEY)
         self._done: dict[str, datetime] = {}  # prompt id -> the fire time it was last tried for
@@ -121,16 +121,10 @@ class PromptOptimizer:
         self._kept.close()
         if isinstance(self._models, OllamaModels):
             self._models.close()
-        if self._database is not None:
-            self._database.close()
-
-    def _database_handle(self) -> Database:
-        if self._database is None:
-            self._database = Database.open_migrated(self.config.database, self.config.home)
-        return self._database
+        self._database.close()
 
     def _connect(self) -> psycopg.Connection:
-        return self._database_handle().connect(autocommit=True)
+        return self._database.connect(autocommit=True)
 
 
 @register(ACTOR)

@@ -24,7 +24,7 @@ from singularity_ops.controllers.validator.suite import Suite, load_suite
 from singularity_ops.cron import Cron, zone_named
 from singularity_ops.errors import OllamaError
 from singularity_ops.ollama_api import OllamaClient
-from singularity_ops.store import Database, KeptConnection
+from singularity_ops.store import Database, DatabaseOnDemand, KeptConnection
 
 log = logging.getLogger(__name__)
 LEADER_KEY = 0x56_4C_44_52  # "VLDR": one acting validator controller
@@ -47,7 +47,7 @@ class Validator:
         self.cron = Cron.parse(self.settings.schedule) if self.settings.schedule else None
         self.started_at = clock()
         self.client = OllamaClient(config.ollama.host, config.ollama.timeout_seconds)
-        self._database = database
+        self._database = DatabaseOnDemand(config.database, config.home, database)
         self._kept = KeptConnection(self._connect)
         self.lock = LeaderLock(self._connect, LEADER_KEY)
         self._suite: Suite | None = None
@@ -72,8 +72,7 @@ class Validator:
         self.lock.release()
         self._kept.close()
         self.client.close()
-        if self._database is not None:
-            self._database.close()
+        self._database.close()
 
     def _schedule_due(self, now: datetime) -> bool:
         """The schedule fired since the last scheduled run started, and after this controller started."""
@@ -108,7 +107,7 @@ class Validator:
         """True when the run took place (finished or failed), False when it could not start."""
         if self._suite is None:
             self._suite = load_suite(self.settings.suite)
-        run = ValidationRun(self.config, self._database_handle(), self._suite, clock=self.clock)
+        run = ValidationRun(self.config, self._database.get(), self._suite, clock=self.clock)
         try:
             report = run.run(models, demote=True, trigger=trigger)
         except ValidationBusy as exc:
@@ -125,13 +124,8 @@ class Validator:
             log.warning("validator: %s run %d failed (%s): %s", trigger, report.run_id, report.error, summary)
         return True
 
-    def _database_handle(self) -> Database:
-        if self._database is None:
-            self._database = Database.open_migrated(self.config.database, self.config.home)
-        return self._database
-
     def _connect(self) -> psycopg.Connection:
-        return self._database_handle().connect(autocommit=True)
+        return self._database.connect(autocommit=True)
 
 
 @register("validator")
