@@ -93,8 +93,9 @@ def test(alertmanager: Any, args: argparse.Namespace) -> int:
 
     pusher = AlertPusher(alertmanager.url)
     labels = {"alertname": TEST_ALERT, "severity": args.severity, "instance": pusher.instance}
-    receiver, group_wait = route_for(alertmanager.config(), labels)
-    receivers = {r.get("name"): r for r in alertmanager.config().get("receivers", []) or []}
+    config = alertmanager.config()
+    receiver, group_wait = route_for(config, labels)
+    receivers = {r.get("name"): r for r in config.get("receivers", []) or []}
     if not (receivers.get(receiver) or {}).get("telegram_configs"):
         raise SingularityError(
             f"Alertmanager at {alertmanager.url} routes a {args.severity} alert to receiver {receiver!r}, which "
