@@ -40,6 +40,15 @@ class Ban:
                 "strikes": self.strikes}
 
 
+# Ban times go through PostgreSQL's timestamptz (microseconds), so a ban read back may end a fraction of a microsecond
+# later than the one that was written: a ban counts as over once less than this is left of it.
+SLACK_SECONDS = 1e-3
+
+
+def in_force(ban: Ban, now: float) -> bool:
+    return ban.until - now > SLACK_SECONDS
+
+
 def bantime(strikes: int, base: float, factor: float, maximum: float) -> float:
     """fail2ban's ``bantime.increment``: base × factor^(strikes − 1), at most ``maximum``."""
     return min(maximum, base * factor ** min(strikes - 1, 64))
@@ -72,10 +81,10 @@ class BanList:
 
     def active(self, client: str, now: float) -> Ban | None:
         ban = self.bans.get(client)
-        return ban if ban is not None and ban.until > now else None
+        return ban if ban is not None and in_force(ban, now) else None
 
     def count_active(self, now: float) -> int:
-        return sum(1 for ban in list(self.bans.values()) if ban.until > now)
+        return sum(1 for ban in list(self.bans.values()) if in_force(ban, now))
 
     def strikes(self, client: str, now: float) -> int:
         """This client's strike count if it were banned now."""
@@ -112,14 +121,14 @@ class BanList:
             other, lifted = found.pop(client, (None, False))
             if other is not None and (other.id == ban.id or other.at >= ban.at):
                 if lifted:
-                    if ban.until > now:
+                    if in_force(ban, now):
                         lifted_clients.append(client)
                     continue
                 other.persisted = True
                 merged[client] = other
             elif not ban.persisted:
                 merged[client] = ban  # made here, on its way to the database
-            elif ban.until > now:
+            elif in_force(ban, now):
                 lifted_clients.append(client)  # gone from the database while active
         for client, (ban, lifted) in found.items():
             if not lifted:
