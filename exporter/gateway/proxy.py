@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from singularity_ops.config import Config
-from singularity_ops.exporter.gateway.cache.cache import NO_CACHE, add_cache_header
+from singularity_ops.exporter.gateway.cache.lookup import NO_CACHE, add_cache_header
 from singularity_ops.exporter.gateway.compression import SUMMARISE_INSTRUCTION, compress, transcript, with_summary
 from singularity_ops.exporter.gateway.cost import CostModel
 from singularity_ops.exporter.gateway.endpoints import INFERENCE, Dialect, Endpoint, endpoint_label
@@ -40,7 +40,6 @@ from singularity_ops.exporter.gateway.request import (
     read_body,
     upstream_headers,
 )
-from singularity_ops.exporter.gateway.routing import add_route_header
 from singularity_ops.exporter.gateway.tracing import Tracing
 from singularity_ops.exporter.gateway.usage import StreamMeter, Usage
 from singularity_ops.exporter.gateway.usage import read_body as read_answer
@@ -125,7 +124,8 @@ class Gateway:
         app = web.Application(client_max_size=self.config.gateway.max_body_bytes + 1)
         app.router.add_route("*", "/{tail:.*}", self.handle, expect_handler=expect)
         app.on_response_prepare.append(_drop_server_header)
-        app.on_response_prepare.append(add_route_header)
+        if self.router is not None:  # X-Singularity-Route; routing is imported only when gateway.routes are set
+            app.on_response_prepare.append(self.router.add_header)
         app.on_response_prepare.append(add_cache_header)
         app.on_response_prepare.append(add_headers)  # X-Request-Id, X-Singularity-Variant
         return app

@@ -165,6 +165,12 @@ class RouteTable:
             return None, f"route {route}: every candidate's circuit breaker is open ({', '.join(choice.order)})"
         return None, f"route {route} has no available model: {choice.why}"
 
+    async def add_header(self, request: web.Request, response: web.StreamResponse) -> None:
+        """``on_response_prepare``: streamed and plain answers, and errors, all carry the route taken."""
+        route = request.get(ROUTE_KEY)
+        if route is not None:
+            response.headers[HEADER] = route
+
     def apply(self, request: web.Request, payload: dict[str, Any], body: bytes) -> tuple[bytes, str | None]:
         """The body to forward (``model`` rewritten when it names a route) and an error when no candidate can
         take it. ``payload`` is updated in place, so the caller labels metrics with the real model."""
@@ -209,10 +215,3 @@ class RouteTable:
 def open_breakers_of(registry: Any) -> Callable[[], set[str]]:
     """The names whose breaker is open now, from the gateway's BreakerRegistry, without creating breakers."""
     return lambda: {b.name for b in registry.breakers() if b.state is State.OPEN}
-
-
-async def add_route_header(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: streamed and plain answers, and errors, all carry the route taken."""
-    route = request.get(ROUTE_KEY)
-    if route is not None:
-        response.headers[HEADER] = route

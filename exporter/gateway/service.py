@@ -7,13 +7,13 @@ import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
 from singularity_ops.config import Config
 from singularity_ops.exporter.gateway.breaker import BreakerPolicy, Transition
 from singularity_ops.exporter.gateway.breaker_registry import BreakerRegistry
-from singularity_ops.exporter.gateway.cache.service import CacheService
 from singularity_ops.exporter.gateway.cost import CostModel
 from singularity_ops.exporter.gateway.guard.access import check_exposure
 from singularity_ops.exporter.gateway.guard.detector import Guard, GuardMetrics
@@ -23,11 +23,14 @@ from singularity_ops.exporter.gateway.metering import GatewayMetrics
 from singularity_ops.exporter.gateway.model_names import ModelNames
 from singularity_ops.exporter.gateway.prompts.layer import PromptLayer
 from singularity_ops.exporter.gateway.proxy import Gateway
-from singularity_ops.exporter.gateway.routing import RouteTable, open_breakers_of
 from singularity_ops.exporter.gateway.tracing import Tracing
 from singularity_ops.hardware import hottest_cpu_celsius, shared_nvml
 from singularity_ops.ollama_state import OllamaState
 from singularity_ops.store import KeptConnection
+
+if TYPE_CHECKING:
+    from singularity_ops.exporter.gateway.cache.service import CacheService
+    from singularity_ops.exporter.gateway.routing import RouteTable
 
 log = logging.getLogger(__name__)
 REFRESH_SECONDS = 5.0
@@ -74,6 +77,8 @@ class GatewayService:
                                self.tracing, self.guard)
         self.routes: RouteTable | None = None
         if config.gateway.routes:  # quality-aware routing: scores and demotions from the history's database
+            from singularity_ops.exporter.gateway.routing import RouteTable, open_breakers_of
+
             self.routes = RouteTable(config.gateway.routes, config.gateway.route_loaded_margin,
                                      KeptConnection(history._connect) if history is not None else None,
                                      open_breakers_of(self.breakers))
@@ -82,6 +87,8 @@ class GatewayService:
             self.gateway.prompts = PromptLayer(config.prompt_optimizer, registry, history._connect)
         self.cache_service: CacheService | None = None
         if config.cache.enabled and database_url is not None:  # the semantic cache (docs/PREDICTIVE_CACHE_WARMING.md)
+            from singularity_ops.exporter.gateway.cache.service import CacheService  # off by default: 0.6 MB unloaded
+
             self.cache_service = CacheService(config, registry, state.snapshot, database_url,
                                               lambda: self.gateway.session, self.gateway._upstream_headers)
             self.gateway.cache = self.cache_service.cache

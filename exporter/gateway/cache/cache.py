@@ -17,7 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +27,7 @@ from aiohttp import web
 from singularity_ops.config.cache import CacheConfig
 from singularity_ops.exporter.gateway.cache.answer import Answer, StreamCapture, read_whole
 from singularity_ops.exporter.gateway.cache.embed import Embedder
+from singularity_ops.exporter.gateway.cache.lookup import LOOKUP, Lookup
 from singularity_ops.exporter.gateway.cache.metrics import CacheMetrics
 from singularity_ops.exporter.gateway.cache.policy import Bypass, Cacheable, classify
 from singularity_ops.exporter.gateway.cache.replay import Replay
@@ -34,45 +35,12 @@ from singularity_ops.exporter.gateway.cache.store import CacheStore, CacheUnavai
 from singularity_ops.exporter.gateway.cache.wording import same_content
 
 log = logging.getLogger(__name__)
-HEADER = "X-Singularity-Cache"
-SIMILARITY_HEADER = "X-Singularity-Cache-Similarity"
 BACKOFF_SECONDS = (1.0, 30.0)
 SETUP_SECONDS = 5.0
 NEAREST = 3  # candidates a semantic lookup checks against the guard
 MAX_RECORDED = 10_000  # request-record rows waiting for the next upkeep; beyond, the oldest are dropped
 
 
-@dataclass
-class Lookup:
-    result: str  # hit, semantic, miss or bypass
-    started: float
-    cacheable: Cacheable | None = None
-    store: bool = False  # a complete answer from upstream is to be stored
-    embedding: list[float] | None = None
-    similarity: float | None = None
-    capture: StreamCapture | None = None
-
-
-LOOKUP = web.RequestKey("singularity_cache", Lookup)
-
-
-class NoCache:
-    """The proxy's cache while ``cache.enabled`` is false (or pgvector is missing): every hook does nothing."""
-
-    async def before(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def answered(self, request: web.Request, status: int, body: bytes) -> None:
-        pass
-
-    def capture(self, request: web.Request, status: int) -> None:
-        return None
-
-    def streamed(self, request: web.Request) -> None:
-        pass
-
-
-NO_CACHE = NoCache()
 
 
 class SemanticCache:
@@ -332,13 +300,3 @@ class SemanticCache:
         while self._tasks:
             with contextlib.suppress(Exception):
                 await asyncio.wait(set(self._tasks), timeout=5)
-
-
-async def add_cache_header(request: web.Request, response: web.StreamResponse) -> None:
-    """``X-Singularity-Cache`` on every inference response the cache looked at (and the similarity of a semantic
-    hit); an aiohttp on_response_prepare signal."""
-    lookup = request.get(LOOKUP)
-    if lookup is not None:
-        response.headers[HEADER] = lookup.result
-        if lookup.similarity is not None:
-            response.headers[SIMILARITY_HEADER] = f"{lookup.similarity:.4f}"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from singularity_ops.exporter.collectors.gpu import GpuCollector
+from singularity_ops.hardware import NvmlLibraryMissing, _load_nvml
 from tests.helpers import series
 
 
@@ -45,3 +49,19 @@ def test_on_a_real_gpu_every_gpu_reports_temperature_and_memory() -> None:
     assert len(series(text, "llm_gpu_temperature_celsius")) == count
     total = series(text, "llm_gpu_memory_total_bytes")
     assert len(total) == count and all(v > 2**30 for v in total.values())
+
+
+@pytest.mark.skipif(nvml_works(), reason="this machine has a working NVIDIA driver")
+def test_without_the_driver_library_pynvml_is_never_imported() -> None:
+    # pynvml costs 2 MB of RSS; a GPU-less host learns "no NVML" from the missing library alone.
+    program = ("import sys\n"
+               "from singularity_ops.exporter.collectors.gpu import GpuCollector\n"
+               "list(GpuCollector().collect())\n"
+               "print('pynvml' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_a_missing_library_is_reported_by_name() -> None:
+    with pytest.raises(NvmlLibraryMissing, match="libnvidia-ml-absent.so.1 not found"):
+        _load_nvml("libnvidia-ml-absent.so.1")
