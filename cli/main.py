@@ -141,11 +141,11 @@ def cmd_migrate(config: Config, args: argparse.Namespace) -> int:
 def cmd_check_memory(config: Config, args: argparse.Namespace) -> int:
     from singularity_ops.memory import human_bytes
     from singularity_ops.model_fit import assess_models
-    from singularity_ops.ollama_api import OllamaClient
+    from singularity_ops.ollama_api import client_for
     from singularity_ops.ollama_state import OllamaState
     from singularity_ops.runners import find_runner_rss
 
-    with OllamaClient(config.ollama.host, config.ollama.timeout_seconds) as client:
+    with client_for(config) as client:
         snapshot = OllamaState(client, 0).snapshot()
     if not snapshot.up:
         raise OllamaError(snapshot.error or f"Ollama at {config.ollama.host} is unavailable")

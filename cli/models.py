@@ -103,9 +103,9 @@ def _installed_name(config: Config, name: str) -> str:
     """The installed model's own name; an error naming the installed ones when it is not installed. With Ollama
     unreachable the name is taken as given (the status is only a database row)."""
     from singularity_ops.controllers.model_manager.plan import resolve
-    from singularity_ops.ollama_api import OllamaClient
+    from singularity_ops.ollama_api import client_for
 
-    with OllamaClient(config.ollama.host, config.ollama.timeout_seconds) as client:
+    with client_for(config) as client:
         try:
             installed = [m.name for m in client.installed()]
         except OllamaError:
@@ -155,7 +155,7 @@ def _open_breakers(config: Config) -> set[str] | None:
 def cmd_routes(config: Config, args: argparse.Namespace) -> int:
     from singularity_ops.exporter.gateway.model_names import canonical
     from singularity_ops.exporter.gateway.routing import candidates_for, rank, read_validation
-    from singularity_ops.ollama_api import OllamaClient
+    from singularity_ops.ollama_api import client_for
     from singularity_ops.ollama_state import OllamaState
     from singularity_ops.store import Database
 
@@ -163,7 +163,7 @@ def cmd_routes(config: Config, args: argparse.Namespace) -> int:
     if not routes:
         print(json.dumps({"routes": []}) if args.json else "no routes: set gateway.routes (docs/MODEL_VALIDATION.md)")
         return 0
-    with OllamaClient(config.ollama.host, config.ollama.timeout_seconds) as client:
+    with client_for(config) as client:
         snapshot = OllamaState(client, 0).snapshot()
     if not snapshot.up:
         raise OllamaError(snapshot.error or f"Ollama at {config.ollama.host} is unavailable")

@@ -117,7 +117,7 @@ def cmd_optimize(config: Config, conn: Any, args: argparse.Namespace, now: datet
     from singularity_ops.controllers.prompt_optimizer.controller import OllamaModels
     from singularity_ops.controllers.prompt_optimizer.optimize import optimize
 
-    models = OllamaModels(config.ollama.host, config.prompt_optimizer)
+    models = OllamaModels(config, config.prompt_optimizer)
     try:
         return optimize(conn, args.id, config.prompt_optimizer, models, actor(), now, dry_run=args.dry_run).as_json()
     finally:

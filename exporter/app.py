@@ -42,7 +42,7 @@ from singularity_ops.exporter.gateway.history.writer import HistoryWriter
 from singularity_ops.exporter.gateway.service import GatewayService
 from singularity_ops.exporter.listener import Listener, drop_server_header, expect
 from singularity_ops.heap import trim
-from singularity_ops.ollama_api import OllamaClient
+from singularity_ops.ollama_api import client_for
 from singularity_ops.ollama_state import OllamaState
 from singularity_ops.store import Database, DatabaseOnDemand, KeptConnection
 
@@ -63,7 +63,7 @@ class Exporter:
     def build(cls, config: Config, *, database: Database | None = None, nvml: ModuleType | None = None,
               with_database: bool = True, with_gateway: bool = False, with_history: bool = False) -> Exporter:
         access.check(config.metrics.auth)
-        client = OllamaClient(config.ollama.host, config.ollama.timeout_seconds)
+        client = client_for(config)
         state = OllamaState(client, config.ollama.cache_seconds)
         registry = CollectorRegistry(auto_describe=False)
         handle = DatabaseOnDemand(config.database, config.home, database)

@@ -10,12 +10,16 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from singularity_ops.errors import OllamaError
+
+if TYPE_CHECKING:
+    from singularity_ops.config import Config
 
 
 @dataclass(frozen=True)
@@ -108,8 +112,9 @@ class OllamaClient:
     budget has no room for a second HTTP stack). Calls are serialised; a stale kept-alive connection is
     retried once on a fresh one."""
 
-    def __init__(self, base_url: str, timeout: float = 5.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 5.0, headers: Mapping[str, str] | None = None) -> None:
         self.base_url = base_url
+        self._headers = dict(headers or {})  # upstream.headers: secrets, kept out of repr and errors
         parts = urlsplit(base_url)
         self._https = parts.scheme == "https"
         self._host = parts.hostname or "127.0.0.1"
@@ -139,7 +144,7 @@ class OllamaClient:
         if self._connection is None:
             kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
             self._connection = kind(self._host, self._port, timeout=self._timeout)
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", **self._headers}
         if body is not None:
             headers["Content-Type"] = "application/json"
         try:
@@ -209,6 +214,16 @@ class OllamaClient:
 
 
 # Parsers of each answer, apart from the transport so that recorded answers render golden files.
+
+
+Client = TypeVar("Client", bound=OllamaClient)
+
+
+def client_for(config: Config, timeout: float | None = None, kind: type[Client] = OllamaClient) -> Client:  # type: ignore[assignment]
+    """A client for OLLAMA_HOST that sends ``upstream.headers`` (an auth proxy's token, say) as the gateway does:
+    the collectors', controllers' and commands' own calls reach an Ollama behind that proxy too."""
+    headers = {name: value.get_secret_value() for name, value in config.upstream.headers.items()}
+    return kind(config.ollama.host, config.ollama.timeout_seconds if timeout is None else timeout, headers)
 
 
 def parse_version(payload: Any) -> str:

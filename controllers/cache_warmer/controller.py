@@ -33,7 +33,7 @@ from singularity_ops.controllers.model_manager.plan import active_profile, resol
 from singularity_ops.controllers.registry import register
 from singularity_ops.cron import zone_named
 from singularity_ops.model_fit import assess_models
-from singularity_ops.ollama_api import OllamaClient
+from singularity_ops.ollama_api import OllamaClient, client_for
 from singularity_ops.ollama_state import OllamaSnapshot, OllamaState
 from singularity_ops.store import Database, DatabaseOnDemand, KeptConnection
 
@@ -59,7 +59,7 @@ class CacheWarmer:
         self._kept = KeptConnection(self._connect)
         self._client: OllamaClient | None = None
         if snapshot is None:
-            self._client = OllamaClient(config.ollama.host, config.ollama.timeout_seconds)
+            self._client = client_for(config)
             snapshot = OllamaState(self._client, 0).snapshot
         self.snapshot = snapshot
         self._said: set[str] = set()

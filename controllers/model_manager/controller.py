@@ -41,7 +41,7 @@ from singularity_ops.controllers.model_manager.store import (
 from singularity_ops.controllers.registry import register
 from singularity_ops.errors import OllamaError, SingularityError
 from singularity_ops.memory import MemoryBudget, human_bytes, measure_budget
-from singularity_ops.ollama_api import OllamaClient
+from singularity_ops.ollama_api import client_for
 from singularity_ops.ollama_state import OllamaSnapshot, OllamaState
 from singularity_ops.store import Database, DatabaseOnDemand, KeptConnection
 
@@ -83,8 +83,8 @@ class ModelManager:
         self.keep_alive: str | int = int(keep_alive) if keep_alive.lstrip("-").isdigit() else keep_alive
         self.clock = clock
         self.alerts = alerts
-        self.client = OllamaClient(config.ollama.host, config.ollama.timeout_seconds)
-        self.loader = OllamaClient(config.ollama.host, self.settings.load_timeout_seconds)
+        self.client = client_for(config)
+        self.loader = client_for(config, self.settings.load_timeout_seconds)
         self.state = OllamaState(self.client, 0)
         self._database = DatabaseOnDemand(config.database, config.home, database)
         self._kept = KeptConnection(self._connect)  # reopened after an error, on the next use

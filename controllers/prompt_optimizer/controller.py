@@ -24,6 +24,7 @@ from singularity_ops.controllers.registry import register
 from singularity_ops.controllers.validator.ollama import ValidatorClient
 from singularity_ops.cron import Cron, zone_named
 from singularity_ops.errors import SingularityError
+from singularity_ops.ollama_api import client_for
 from singularity_ops.store import Database, DatabaseOnDemand, KeptConnection
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,8 @@ def utc_now() -> datetime:
 class OllamaModels:
     """The optimiser's and the judge's calls through Ollama's ``/api/chat`` (the validator's client)."""
 
-    def __init__(self, host: str, settings: Any) -> None:
-        self.client = ValidatorClient(host, settings.timeout_seconds)
+    def __init__(self, config: Config, settings: Any) -> None:
+        self.client = client_for(config, settings.timeout_seconds, ValidatorClient)
         self.keep_alive = settings.keep_alive
         self.judge_model = settings.judge_model or settings.model
 
@@ -75,7 +76,7 @@ class PromptOptimizer:
     @property
     def models(self) -> Models:
         if self._models is None:
-            self._models = OllamaModels(self.config.ollama.host, self.settings)
+            self._models = OllamaModels(self.config, self.settings)
         return self._models
 
     def tick(self) -> None:

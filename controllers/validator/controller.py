@@ -23,7 +23,7 @@ from singularity_ops.controllers.validator.runner import RunReport, ValidationBu
 from singularity_ops.controllers.validator.suite import Suite, load_suite
 from singularity_ops.cron import Cron, zone_named
 from singularity_ops.errors import OllamaError
-from singularity_ops.ollama_api import OllamaClient
+from singularity_ops.ollama_api import client_for
 from singularity_ops.store import Database, DatabaseOnDemand, KeptConnection
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class Validator:
         self.zone: tzinfo | None = zone_named(self.settings.timezone)
         self.cron = Cron.parse(self.settings.schedule) if self.settings.schedule else None
         self.started_at = clock()
-        self.client = OllamaClient(config.ollama.host, config.ollama.timeout_seconds)
+        self.client = client_for(config)
         self._database = DatabaseOnDemand(config.database, config.home, database)
         self._kept = KeptConnection(self._connect)
         self.lock = LeaderLock(self._connect, LEADER_KEY)

@@ -30,7 +30,7 @@ from singularity_ops.controllers.validator.scorers import Verdict
 from singularity_ops.controllers.validator.suite import Case, Suite
 from singularity_ops.errors import OllamaError, SingularityError
 from singularity_ops.memory import assess_fit, estimate_need, measure_budget
-from singularity_ops.ollama_api import InstalledModel, LoadedModel
+from singularity_ops.ollama_api import InstalledModel, LoadedModel, client_for
 from singularity_ops.ollama_state import OllamaSnapshot, OllamaState
 from singularity_ops.store import Database
 
@@ -77,9 +77,9 @@ class ValidationRun:
         self.reserve_bytes = max(config.model_manager.reserve_bytes, config.memory.reserve_bytes)
         keep_alive = self.settings.keep_alive
         self.keep_alive: str | int = int(keep_alive) if keep_alive.lstrip("-").isdigit() else keep_alive
-        self.client = ValidatorClient(config.ollama.host, config.ollama.timeout_seconds)
-        self.generator = ValidatorClient(config.ollama.host, self.settings.case_timeout_seconds)
-        self.loader = ValidatorClient(config.ollama.host, config.model_manager.load_timeout_seconds)
+        self.client = client_for(config, kind=ValidatorClient)
+        self.generator = client_for(config, self.settings.case_timeout_seconds, ValidatorClient)
+        self.loader = client_for(config, config.model_manager.load_timeout_seconds, ValidatorClient)
         self.state = OllamaState(self.client, 0)  # keeps /api/show answers per digest between looks
         self.helpers = OllamaHelpers(self.generator, self.settings.embedding_model, self.settings.judge_model,
                                      self.keep_alive)

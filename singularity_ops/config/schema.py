@@ -191,8 +191,9 @@ class GatewayConfig:
 
 @dataclass
 class UpstreamConfig:
-    # Headers the gateway adds to every request it forwards to OLLAMA_HOST (an auth proxy's token, say). The
-    # client's own Authorization and X-API-Key are the gateway's and never reach Ollama. Values are secrets.
+    # Headers added to every request to OLLAMA_HOST (an auth proxy's token, say): the gateway's forwarded ones and
+    # the collectors', controllers' and commands' own (ollama_api.client_for). The client's own Authorization and
+    # X-API-Key are the gateway's and never reach Ollama. Values are secrets.
     headers: dict[str, Secret] = setting_table()
 
 
