@@ -11,6 +11,8 @@ import ollama as ollama_client
 import pytest
 from openai import OpenAI
 
+from tests.helpers import wait_for
+
 MODEL = "llama3.2:3b"
 
 NON_STREAM = [
@@ -141,8 +143,10 @@ def test_an_openai_sdk_works_unchanged(gateway) -> None:
                                                  stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert all(c.usage is None for c in chunks)  # it did not ask for usage, so it gets none
-    assert gateway.value("llm_requests_total",
-                         f'{{endpoint="/v1/chat/completions",model="{MODEL}",status="200"}}') == 2
+    # The stream's request is counted once its last chunk is written, which the client may see first.
+    wait_for(lambda: gateway.value("llm_requests_total",
+                                   f'{{endpoint="/v1/chat/completions",model="{MODEL}",status="200"}}') == 2,
+             what="both requests counted")
 
 
 def test_a_body_over_the_limit_is_refused_with_413_json(make_gateway) -> None:
