@@ -45,8 +45,13 @@ class Ban:
 SLACK_SECONDS = 1e-3
 
 
+def time_left(ban: Ban, now: float) -> float:
+    """Seconds the ban still runs, less that slack: above 0 while it is in force (and what Retry-After rounds up)."""
+    return ban.until - now - SLACK_SECONDS
+
+
 def in_force(ban: Ban, now: float) -> bool:
-    return ban.until - now > SLACK_SECONDS
+    return time_left(ban, now) > 0
 
 
 def bantime(strikes: int, base: float, factor: float, maximum: float) -> float:

@@ -48,7 +48,7 @@ from singularity_ops.exporter.gateway.guard.access import (
     inference_refusal,
     is_admin_route,
 )
-from singularity_ops.exporter.gateway.guard.bans import SLACK_SECONDS, Ban, BanList, Failures, bantime, load_bans
+from singularity_ops.exporter.gateway.guard.bans import Ban, BanList, Failures, bantime, load_bans, time_left
 from singularity_ops.exporter.gateway.guard.events import GLOBAL, EventLog
 from singularity_ops.exporter.gateway.guard.identity import (
     OPEN_PATHS,
@@ -240,7 +240,7 @@ class Guard:
         return limit + (", halved while the gateway sees a request spike" if factor < 1 else "")
 
     def _banned(self, ban: Ban, now: float) -> Refusal:
-        seconds = max(1, math.ceil(ban.until - now - SLACK_SECONDS))  # bans.in_force: what is left of it
+        seconds = max(1, math.ceil(time_left(ban, now)))
         until = datetime.fromtimestamp(ban.until, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         return Refusal(403, "banned", f"client banned until {until} ({ban.reason}); retry in {seconds} s", seconds)
 
