@@ -94,13 +94,12 @@ def cmd_exporter(config: Config, args: argparse.Namespace) -> int:
     deadline = time.monotonic() + CONTROLLER_STOP_SECONDS
     for thread in controllers:
         thread.join(max(0.0, deadline - time.monotonic()))
-    if any(thread.is_alive() for thread in controllers):
-        log.warning("controllers still busy after %d s: %s; exiting without them", CONTROLLER_STOP_SECONDS,
-                    ", ".join(thread.name for thread in controllers if thread.is_alive()))
-        if supervisor is not None:
-            supervisor.stop()
-        logging.shutdown()
-        os._exit(0)  # a normal exit would abort in the busy thread's native code
+    busy = [thread.name for thread in controllers if thread.is_alive()]
     if supervisor is not None:
         supervisor.stop()
+    if busy:
+        log.warning("controllers still busy after %d s: %s; exiting without them", CONTROLLER_STOP_SECONDS,
+                    ", ".join(busy))
+        logging.shutdown()
+        os._exit(0)  # a normal exit would abort in the busy thread's native code
     return 0
