@@ -4,16 +4,14 @@ glibc gives each thread that allocates its own malloc arena (up to 8 per core) a
 rather than returning it to the system. The exporter runs a dozen threads (collectors, history, executor), so on a
 2 GB server that is megabytes of RSS holding nothing. ``limit_arenas`` caps the arenas (as ``MALLOC_ARENA_MAX``
 would) and must run before the threads start; ``trim`` hands free pages back (``malloc_trim``), cheap enough to call
-every minute. bench/scrape.py measures the effect.
+every scrape interval (exporter/app.py: every 15 s). bench/scrape.py measures the effect.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 
-log = logging.getLogger(__name__)
 M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
 _libc: ctypes.CDLL | bool | None = False  # False: not looked up yet; None: not glibc
