@@ -93,10 +93,15 @@ def simulate(stack, rates: dict[str, float], clients: int = 120) -> dict[str, in
     return seen
 
 
-def controller(stack) -> PromptOptimizer:
+def optimiser_tick(stack) -> None:
+    """One tick of the prompt optimiser, as its controller process would run it against this stack."""
     config = load_config(config_file=stack.config_file, environ={"SINGULARITY_DATABASE_URL": stack.database_url,
                                                                   "SINGULARITY_HOME": str(stack.config_file.parent)})
-    return PromptOptimizer(config, clock=lambda: datetime.now(UTC))
+    optimizer = PromptOptimizer(config, clock=lambda: datetime.now(UTC))
+    try:
+        optimizer.tick()
+    finally:
+        optimizer.close()
 
 
 def serves(stack, ollama, expected: str) -> bool:
@@ -111,11 +116,7 @@ def test_a_better_candidate_is_promoted_once_approved_and_rolled_back_at_once(st
     candidate = start_experiment(stack, GOOD)
     seen = simulate(stack, {"control": 0.3, "candidate": 0.9})
     assert min(seen.values()) >= 30
-    optimizer = controller(stack)
-    try:
-        optimizer.tick()
-    finally:
-        optimizer.close()
+    optimiser_tick(stack)
     assert stack.rows("SELECT state, decision FROM prompt_experiments") == [("awaiting_approval", "promote")]
     stack.synced(lambda managed: managed[PID].experiment is None, "the split ending")
     assert serves(stack, ollama, SYSTEM)  # waiting for the operator: everyone keeps the control
@@ -145,11 +146,7 @@ def test_a_better_candidate_is_promoted_once_approved_and_rolled_back_at_once(st
 def test_a_candidate_that_satisfies_fewer_users_is_rolled_back(stack, ollama) -> None:
     start_experiment(stack, PLAIN)
     simulate(stack, {"control": 0.9, "candidate": 0.3})
-    optimizer = controller(stack)
-    try:
-        optimizer.tick()
-    finally:
-        optimizer.close()
+    optimiser_tick(stack)
     assert stack.rows("SELECT state, decision FROM prompt_experiments") == [("rolled_back", "roll_back")]
     assert stack.rows("SELECT status FROM prompt_candidates") == [("rejected",)]
     stack.synced(lambda managed: managed[PID].experiment is None, "the split ending")
