@@ -54,6 +54,9 @@ def cmd_controller(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_exporter(config: Config, args: argparse.Namespace) -> int:
+    from singularity_ops.tls import import_aiohttp
+
+    import_aiohttp()  # first, before anything imports it: 2 MB of CA stores it never uses (singularity_ops/tls.py)
     from singularity_ops.exporter.app import Exporter, serve
     from singularity_ops.exporter.gateway.guard.access import check_exposure
     from singularity_ops.store import Database

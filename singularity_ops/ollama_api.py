@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
+from singularity_ops import tls
 from singularity_ops.errors import OllamaError
 
 if TYPE_CHECKING:
@@ -142,8 +143,11 @@ class OllamaClient:
     def _exchange(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
         reused = self._connection is not None
         if self._connection is None:
-            kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            self._connection = kind(self._host, self._port, timeout=self._timeout)
+            if self._https:  # one verifying context for every connection (singularity_ops/tls.py)
+                self._connection = http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout,
+                                                               context=tls.client_context())
+            else:
+                self._connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
         headers = {"Accept": "application/json", **self._headers}
         if body is not None:
             headers["Content-Type"] = "application/json"

@@ -44,6 +44,7 @@ from singularity_ops.exporter.gateway.tracing import Tracing
 from singularity_ops.exporter.gateway.usage import StreamMeter, Usage
 from singularity_ops.exporter.gateway.usage import read_body as read_answer
 from singularity_ops.exporter.listener import expect
+from singularity_ops.tls import for_url
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +80,9 @@ class Outcome:
 
 
 class Gateway:
-    def __init__(
-        self,
-        config: Config,
-        metrics: GatewayMetrics,
-        names: ModelNames,
-        breakers: Any,
-        cost: CostModel,
-        submit_history: Callable[[str, dict[str, Any]], None] | None = None,
-        rollup: Any = None,
-        tracing: Tracing | None = None,
-        guard: Any = None,
-    ) -> None:
+    def __init__(self, config: Config, metrics: GatewayMetrics, names: ModelNames, breakers: Any, cost: CostModel,
+                 submit_history: Callable[[str, dict[str, Any]], None] | None = None, rollup: Any = None,
+                 tracing: Tracing | None = None, guard: Any = None) -> None:
         self.config = config
         self.upstream = config.ollama.host
         self.metrics = metrics
@@ -112,7 +104,8 @@ class Gateway:
     async def start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None, connect=self.config.gateway.connect_timeout_seconds,
                                         sock_read=self.config.gateway.read_timeout_seconds)
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True,
+                                         ssl=for_url(self.upstream))  # https: singularity_ops/tls.py
         self.session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
                                              skip_auto_headers=("User-Agent", "Accept-Encoding"))
 

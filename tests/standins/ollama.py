@@ -26,6 +26,7 @@ import math
 import random
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -280,8 +281,10 @@ class OllamaStandIn:
         tz: tzinfo | None = None,
         port: int = 0,
         memory_bytes: int | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.version = version
+        self.tls = tls  # a server context: https://, for clients that must verify Ollama's certificate
         self.blobs_dir = blobs_dir.rstrip("/")
         self.tz = tz or datetime.now().astimezone().tzinfo or UTC
         self._models = {m.name.lower(): m for m in models or []}
@@ -323,12 +326,12 @@ class OllamaStandIn:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def host(self) -> str:
         """The OLLAMA_HOST form."""
-        return f"127.0.0.1:{self.port}"
+        return self.url if self.tls else f"127.0.0.1:{self.port}"
 
     def start(self) -> OllamaStandIn:
         started = threading.Event()
@@ -387,7 +390,7 @@ class OllamaStandIn:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self._requested_port))
-        await web.SockSite(self._runner, sock).start()
+        await web.SockSite(self._runner, sock, ssl_context=self.tls).start()
         self.port = sock.getsockname()[1]
 
     async def _shutdown(self) -> None:
