@@ -140,14 +140,14 @@ async def warm_now(config: Config, warmer: Any, url: str, queued: int) -> dict[s
     from singularity_ops.exporter.gateway.cache.metrics import CacheMetrics
     from singularity_ops.exporter.gateway.cache.store import CacheStore, Connections
     from singularity_ops.exporter.gateway.cache.warm import WarmRunner
-    from singularity_ops.exporter.gateway.request import upstream_headers
+    from singularity_ops.ollama_api import upstream_headers
 
     settings = config.cache
     snapshot = warmer.snapshot()
     digests = {m.name: m.digest for m in snapshot.installed}
     loaded = {m.name for m in snapshot.loaded}
     metrics = CacheMetrics(CollectorRegistry())
-    headers = upstream_headers(config.upstream.headers)
+    headers = upstream_headers(config)
 
     async def address() -> str:
         return url

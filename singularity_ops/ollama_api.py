@@ -226,8 +226,14 @@ Client = TypeVar("Client", bound=OllamaClient)
 def client_for(config: Config, timeout: float | None = None, kind: type[Client] = OllamaClient) -> Client:  # type: ignore[assignment]
     """A client for OLLAMA_HOST that sends ``upstream.headers`` (an auth proxy's token, say) as the gateway does:
     the collectors', controllers' and commands' own calls reach an Ollama behind that proxy too."""
-    headers = {name: value.get_secret_value() for name, value in config.upstream.headers.items()}
-    return kind(config.ollama.host, config.ollama.timeout_seconds if timeout is None else timeout, headers)
+    return kind(config.ollama.host, config.ollama.timeout_seconds if timeout is None else timeout,
+                upstream_headers(config))
+
+
+def upstream_headers(config: Config) -> dict[str, str]:
+    """``upstream.headers`` as they go on the wire (checked when the configuration was read): secrets, never
+    logged."""
+    return {name: value.get_secret_value() for name, value in config.upstream.headers.items()}
 
 
 def parse_version(payload: Any) -> str:

@@ -32,18 +32,13 @@ from singularity_ops.exporter.gateway.endpoints import INFERENCE, Dialect, Endpo
 from singularity_ops.exporter.gateway.metering import GatewayMetrics
 from singularity_ops.exporter.gateway.model_names import ModelNames
 from singularity_ops.exporter.gateway.prompts.feedback import FEEDBACK_PATH, OUTCOME_KEY, add_headers, handle_feedback
-from singularity_ops.exporter.gateway.request import (
-    HOP_BY_HOP,
-    Refused,
-    forwarded_headers,
-    json_object,
-    read_body,
-    upstream_headers,
-)
+from singularity_ops.exporter.gateway.request import Refused, forwarded_headers, json_object, read_body
 from singularity_ops.exporter.gateway.tracing import Tracing
 from singularity_ops.exporter.gateway.usage import StreamMeter, Usage
 from singularity_ops.exporter.gateway.usage import read_body as read_answer
 from singularity_ops.exporter.listener import expect
+from singularity_ops.http_headers import HOP_BY_HOP
+from singularity_ops.ollama_api import upstream_headers
 from singularity_ops.tls import for_url
 
 log = logging.getLogger(__name__)
@@ -98,7 +93,7 @@ class Gateway:
         self.prompts: Any = None  # prompts.layer.PromptLayer, set by the service unless prompt_optimizer is off
         upstream = urlsplit(self.upstream)
         self._server = (upstream.hostname, upstream.port)
-        self._upstream_headers = upstream_headers(config.upstream.headers)  # secrets: never logged
+        self._upstream_headers = upstream_headers(config)  # secrets: never logged
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:

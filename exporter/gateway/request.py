@@ -10,26 +10,20 @@ gateway's (its API keys), never Ollama's; ``upstream.headers`` added for what Ol
 from __future__ import annotations
 
 import json
-import re
 import zlib
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-from singularity_ops.config.fields import Secret
-from singularity_ops.errors import ConfigError
+from singularity_ops.http_headers import HOP_BY_HOP
 
-HOP_BY_HOP = frozenset(h.lower() for h in (
-    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
-    "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Accept-Encoding"))
 # Also never forwarded: the client's credentials for the gateway, and an encoding the gateway has undone.
 NOT_FORWARDED = HOP_BY_HOP | {"authorization", "x-api-key", "content-encoding", "expect"}
 ACCEPTED_ENCODINGS = ("gzip", "deflate", "identity")
 # Deeper JSON than this is refused before anything walks it (Python's own limit is ~1,000 levels, shared with
 # the call stack); Ollama's requests nest a handful of levels, a JSON schema in `format` a few dozen.
 MAX_JSON_DEPTH = 256
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 class Refused(Exception):
@@ -119,21 +113,6 @@ def _deeper_than(value: Any, limit: int) -> bool:
             if isinstance(child, dict | list):
                 stack.append((child, depth + 1))
     return False
-
-
-def upstream_headers(configured: Mapping[str, Secret]) -> dict[str, str]:
-    """``upstream.headers`` as plain strings, checked: a name must be an HTTP token and not one the gateway
-    manages itself; a value must be one line. Errors name the header, never its value."""
-    headers = {}
-    for name, value in configured.items():
-        if not _TOKEN.match(name) or (name.lower() in HOP_BY_HOP and name.lower() != "host"):
-            raise ConfigError(f"upstream.headers: {name!r} cannot be set: not a header name, or one the gateway "
-                              "sets itself")
-        text = value.get_secret_value()
-        if any(ch in text for ch in "\r\n\0"):
-            raise ConfigError(f"upstream.headers.{name}: the value must be one line")
-        headers[name] = text
-    return headers
 
 
 def forwarded_headers(headers: Mapping[str, str], upstream: Mapping[str, str]) -> dict[str, str]:

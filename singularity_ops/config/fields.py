@@ -44,9 +44,13 @@ def setting(default: Any, *, gt: float | None = None, ge: float | None = None,
     return field(default=default, metadata=metadata)
 
 
-def setting_table(*, gt: float | None = None, ge: float | None = None) -> Any:
-    """A ``{name: value}`` table (empty by default) whose values are checked against the bounds."""
-    metadata = {k: v for k, v in (("gt", gt), ("ge", ge)) if v is not None}
+def setting_table(*, gt: float | None = None, ge: float | None = None,
+                  check: typing.Callable[[Any], Any] | None = None,
+                  key_check: typing.Callable[[str], str] | None = None) -> Any:
+    """A ``{name: value}`` table (empty by default) whose values are checked against the bounds and ``check``, and
+    whose names against ``key_check``; each raises ValueError with a message that does not repeat the value."""
+    metadata = {k: v for k, v in (("gt", gt), ("ge", ge), ("check", check), ("key_check", key_check))
+                if v is not None}
     return field(default_factory=dict, metadata=metadata)
 
 

@@ -95,6 +95,12 @@ def _build(cls: type, data: Any, path: str, problems: list[str], provenance: dic
             item_kind = typing.get_args(kind)[1]
             table = {}
             for item, item_raw in raw.items():
+                if "key_check" in spec.metadata:  # e.g. upstream.headers: the name must be one we may send
+                    try:
+                        spec.metadata["key_check"](str(item))
+                    except ValueError as exc:
+                        problems.append(f"'{key}.{item}': {exc}")
+                        continue
                 if dataclasses.is_dataclass(item_kind):
                     table[str(item)] = _build(item_kind, item_raw, f"{key}.{item}.", problems, provenance)
                 elif typing.get_origin(item_kind) is list:  # e.g. gateway.routes: {name: [models]}, checked each

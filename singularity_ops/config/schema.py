@@ -27,6 +27,7 @@ from singularity_ops.config.fields import (
     setting_table,
 )
 from singularity_ops.config.prompt_optimizer import PromptOptimizerConfig
+from singularity_ops.http_headers import one_line, upstream_header_name
 from singularity_ops.ollama_host import parse_ollama_host
 from singularity_ops.schedule import WEEKDAYS, check_hours, parse_days, week_overlap
 
@@ -194,7 +195,7 @@ class UpstreamConfig:
     # Headers added to every request to OLLAMA_HOST (an auth proxy's token, say): the gateway's forwarded ones and
     # the collectors', controllers' and commands' own (ollama_api.client_for). The client's own Authorization and
     # X-API-Key are the gateway's and never reach Ollama. Values are secrets.
-    headers: dict[str, Secret] = setting_table()
+    headers: dict[str, Secret] = setting_table(check=one_line, key_check=upstream_header_name)
 
 
 @dataclass
