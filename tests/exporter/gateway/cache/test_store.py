@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -67,6 +68,22 @@ def test_a_semantic_lookup_returns_the_nearest_entry_of_the_scope_with_its_simil
     assert [e.key for e in near] == ["paris", "rome"] and near[0].similarity == pytest.approx(0.9998, abs=1e-3)
     assert near[0].prompt == "prompt paris"
     assert stale == []
+
+
+def test_an_embedding_is_stored_as_the_float4s_it_was_given(vector_database_url: str) -> None:
+    """Sent in pgvector's binary form: no rounding through text, every dimension of a real model's size kept."""
+    rng = random.Random(5)
+    vector = unit([rng.gauss(0, 1) for _ in range(768)])
+
+    async def work(store: CacheStore) -> Any:
+        await store.put(entry("k", vector))
+        return await store.nearest("s", vector, "d1")
+
+    found = run(vector_database_url, work)
+    with psycopg.connect(vector_database_url) as conn:
+        stored = conn.execute("SELECT embedding::real[] FROM cache_entries WHERE key = 'k'").fetchone()[0]
+    assert struct.pack("768f", *stored) == struct.pack("768f", *vector)  # as float4 (text with 7 digits is not)
+    assert found[0].key == "k" and found[0].similarity == pytest.approx(1.0, abs=1e-6)
 
 
 def test_a_scope_is_found_among_thousands_of_entries_of_other_scopes(vector_database_url: str) -> None:
