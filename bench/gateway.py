@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -134,7 +135,8 @@ def processes(token_delay: float) -> Iterator[tuple[str, str]]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     ollama = start([sys.executable, "-m", "tests.standins.serve", "--port", str(ollama_port), "--token-delay",
                     str(token_delay), "--load", MODEL], env, f"http://127.0.0.1:{ollama_port}/api/version")
-    gateway_env = {**env, "OLLAMA_HOST": f"127.0.0.1:{ollama_port}", "SINGULARITY_HOME": tempfile.mkdtemp(),
+    home = tempfile.mkdtemp(prefix="bench-gateway-")  # the gateway's embedded database, removed below
+    gateway_env = {**env, "OLLAMA_HOST": f"127.0.0.1:{ollama_port}", "SINGULARITY_HOME": home,
                    "SINGULARITY_LOG_LEVEL": "warning"}
     gateway = start([sys.executable, "-m", "singularity_ops.cli", "exporter", "--gateway-listen",
                      f"127.0.0.1:{gateway_port}", "--metrics-listen", f"127.0.0.1:{metrics_port}"], gateway_env,
@@ -145,6 +147,7 @@ def processes(token_delay: float) -> Iterator[tuple[str, str]]:
         for process in (gateway, ollama):
             process.send_signal(signal.SIGTERM)
             process.wait(30)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def main() -> None:

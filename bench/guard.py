@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import importlib
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -116,10 +117,11 @@ def gateways(keys: Path, key: str) -> Iterator[tuple[str, str, str, dict[str, st
     ollama_port = free_port()
     processes = [start([sys.executable, "-m", "tests.standins.serve", "--port", str(ollama_port), "--token-delay",
                         "0", "--load", MODEL], env, f"http://127.0.0.1:{ollama_port}/api/version")]
-    urls = []
+    urls, homes = [], []
     try:
         for enabled in (False, True):
-            home = Path(tempfile.mkdtemp())
+            home = Path(tempfile.mkdtemp(prefix="bench-guard-"))
+            homes.append(home)
             (home / "config.yaml").write_text(
                 f"guard:\n  enabled: {str(enabled).lower()}\n  exempt_networks: ''\n"
                 f"  rate: {{requests_per_minute: 1.0e9, burst: 1000000000}}\n"
@@ -138,6 +140,8 @@ def gateways(keys: Path, key: str) -> Iterator[tuple[str, str, str, dict[str, st
         for process in reversed(processes):
             process.send_signal(signal.SIGTERM)
             process.wait(30)
+        for home in homes:  # each holds an embedded database
+            shutil.rmtree(home, ignore_errors=True)
 
 
 async def timed(session: aiohttp.ClientSession, base: str, headers: dict[str, str] | None = None) -> float:
@@ -217,11 +221,12 @@ def adversarial_cost() -> None:
 
 def main() -> None:
     key, line = new_key_line("bench")
-    keys = Path(tempfile.mkdtemp()) / "keys"
-    keys.write_text(line + "\n")
-    detector_cost(keys, key)
-    with gateways(keys, key) as (direct, without, with_guard, headers):
-        asyncio.run(gateway_latency(direct, without, with_guard, headers))
+    with tempfile.TemporaryDirectory(prefix="bench-keys-") as folder:
+        keys = Path(folder) / "keys"
+        keys.write_text(line + "\n")
+        detector_cost(keys, key)
+        with gateways(keys, key) as (direct, without, with_guard, headers):
+            asyncio.run(gateway_latency(direct, without, with_guard, headers))
     scorer_quality()
     adversarial_cost()
 

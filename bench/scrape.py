@@ -17,6 +17,7 @@ gateway.routes); the median of three runs then: 60.1 MB against a 52.3 MB floor 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -134,6 +135,7 @@ def exporter_rss(standin: OllamaStandIn, plain_aiohttp: bool = False) -> tuple[i
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
+        shutil.rmtree(home, ignore_errors=True)  # its embedded database: ~47 MB a run
     return after_one, after_all, SCRAPES / elapsed
 
 
