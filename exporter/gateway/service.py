@@ -90,7 +90,7 @@ class GatewayService:
             from singularity_ops.exporter.gateway.cache.service import CacheService  # off by default: 0.6 MB unloaded
 
             self.cache_service = CacheService(config, registry, state.snapshot, database_url,
-                                              lambda: self.gateway.session, self.gateway._upstream_headers)
+                                              lambda: self.gateway.session)
             self.gateway.cache = self.cache_service.cache
         self.rollup = rollup
         self._task: asyncio.Task[None] | None = None

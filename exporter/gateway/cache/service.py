@@ -19,6 +19,7 @@ from singularity_ops.exporter.gateway.cache.embed import Embedder
 from singularity_ops.exporter.gateway.cache.metrics import CacheMetrics
 from singularity_ops.exporter.gateway.cache.store import CacheStore, Connections
 from singularity_ops.exporter.gateway.cache.warm import WarmRunner
+from singularity_ops.ollama_api import upstream_headers
 from singularity_ops.ollama_state import OllamaSnapshot
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,9 @@ UPKEEP_SECONDS = 5.0
 class CacheService:
     def __init__(self, config: Config, registry: CollectorRegistry, snapshot: Callable[[], OllamaSnapshot],
                  database_url: Callable[[], str], session: Callable[[], aiohttp.ClientSession | None],
-                 upstream_headers: dict[str, str] | None = None, *, upkeep_seconds: float = UPKEEP_SECONDS) -> None:
+                 *, upkeep_seconds: float = UPKEEP_SECONDS) -> None:
         settings = config.cache
+        headers = upstream_headers(config)  # what the gateway sends Ollama, for the embedding and warming calls
         self.settings = settings
         self.metrics = CacheMetrics(registry)
         self._snapshot = snapshot
@@ -37,10 +39,10 @@ class CacheService:
         self.upkeep_seconds = upkeep_seconds
         self.store = CacheStore(Connections(self._url, settings.connections, config.database.connect_timeout_seconds))
         self.embedder = Embedder(config.ollama.host, settings.embedding_model, settings.embedding_timeout_seconds,
-                                 self.metrics, session, upstream_headers)
+                                 self.metrics, session, headers)
         self.cache = SemanticCache(settings, self.metrics, self.store, self.embedder, self.digest_of)
         self.runner = WarmRunner(settings, self.store, self.embedder, self.metrics, config.ollama.host, session,
-                                 self.digest_of, lambda: self._loaded, upstream_headers)
+                                 self.digest_of, lambda: self._loaded, headers)
         self._digests: dict[str, str] = {}
         self._loaded: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []

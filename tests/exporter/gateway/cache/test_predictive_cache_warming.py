@@ -5,6 +5,7 @@ database outage that costs nothing but the cache — and the warmer's warms, car
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ import pytest
 from singularity_ops.controllers.cache_warmer.controller import CacheWarmer
 from singularity_ops.store import Database
 from tests.exporter.gateway.cache.support import HEADER, MODEL, bag_of_words, build
+from tests.exporter.gateway.recording import recording_ollama
 from tests.helpers import series, wait_for
 from tests.standins.models import REAL_MODELS
 
@@ -73,6 +75,19 @@ def _native(part: Any) -> dict[str, Any]:
 
 def _text(parts: list[dict[str, Any]]) -> str:
     return "".join(p["response"] if p.get("response") is not None else p["message"]["content"] for p in parts)
+
+
+def test_the_caches_embedding_calls_carry_upstream_headers(vector_database_url: str) -> None:
+    """An Ollama behind an auth proxy: the cache's own /api/embed calls send ``upstream.headers`` as the gateway's
+    forwarded requests do."""
+    with contextlib.contextmanager(recording_ollama)() as recording:
+        running = build(recording, vector_database_url, **{"upstream.headers": {"Authorization": "Bearer upstream"}})
+        try:
+            assert chat(running.gateway_url).headers[HEADER] == "miss"
+        finally:
+            running.__exit__(None, None, None)
+    embeds = recording.headers_of("/api/embed")
+    assert embeds and all(headers.get("Authorization") == "Bearer upstream" for headers in embeds)
 
 
 def test_the_ollama_client_cannot_tell_a_hit_from_a_miss_streamed_or_not(gateways) -> None:
