@@ -217,9 +217,6 @@ class OllamaClient:
         self._call("POST", "/api/generate", {"model": name, "keep_alive": 0})
 
 
-# Parsers of each answer, apart from the transport so that recorded answers render golden files.
-
-
 Client = TypeVar("Client", bound=OllamaClient)
 
 
@@ -234,6 +231,9 @@ def upstream_headers(config: Config) -> dict[str, str]:
     """``upstream.headers`` as they go on the wire (checked when the configuration was read): secrets, never
     logged."""
     return {name: value.get_secret_value() for name, value in config.upstream.headers.items()}
+
+
+# Parsers of each answer, apart from the transport so that recorded answers render golden files.
 
 
 def parse_version(payload: Any) -> str:

@@ -41,8 +41,6 @@ NEAREST = 3  # candidates a semantic lookup checks against the guard
 MAX_RECORDED = 10_000  # request-record rows waiting for the next upkeep; beyond, the oldest are dropped
 
 
-
-
 class SemanticCache:
     def __init__(self, settings: CacheConfig, metrics: CacheMetrics, store: CacheStore, embedder: Embedder,
                  digest_of: Callable[[str], str | None], *, clock: Callable[[], float] = time.monotonic) -> None:
