@@ -76,6 +76,18 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(variable, raising=False)
 
 
+@pytest.fixture
+def fresh_tls(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """singularity_ops.tls's shared context built afresh, from the system's CAs unless the test sets SSL_CERT_FILE."""
+    from singularity_ops import tls
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    tls.client_context.cache_clear()
+    yield
+    tls.client_context.cache_clear()
+
+
 def free_port() -> int:
     import socket
 

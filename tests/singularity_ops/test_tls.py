@@ -32,13 +32,6 @@ def aiohttp_in_a_fresh_interpreter(how: str, **environ: str) -> dict:
     return json.loads(result.stdout)
 
 
-@pytest.fixture
-def fresh_context():
-    tls.client_context.cache_clear()
-    yield
-    tls.client_context.cache_clear()
-
-
 def test_aiohttp_imported_for_the_exporter_holds_no_ca_store_and_leaves_the_environment_as_it_was() -> None:
     plain = aiohttp_in_a_fresh_interpreter("plain")
     if plain["cas"] == 0:
@@ -62,7 +55,7 @@ def test_import_aiohttp_does_nothing_once_aiohttp_is_loaded() -> None:
     assert os.environ.get("SSL_CERT_FILE") == before
 
 
-def test_the_client_context_verifies_certificates_and_host_names(fresh_context) -> None:
+def test_the_client_context_verifies_certificates_and_host_names(fresh_tls) -> None:
     context = tls.client_context()
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     assert tls.client_context() is context  # built once, shared by every client
@@ -71,7 +64,7 @@ def test_the_client_context_verifies_certificates_and_host_names(fresh_context) 
     assert tls.for_url("http://127.0.0.1:11434") is True  # aiohttp's default; no context built for plain http
 
 
-def test_the_client_context_trusts_what_ssl_cert_file_names(tmp_path: Path, monkeypatch, fresh_context) -> None:
+def test_the_client_context_trusts_what_ssl_cert_file_names(tmp_path: Path, monkeypatch, fresh_tls) -> None:
     certificates = make_certificates(tmp_path)
     monkeypatch.setenv("SSL_CERT_FILE", str(certificates.ca_file))
     assert tls.client_context().cert_store_stats()["x509_ca"] == 1

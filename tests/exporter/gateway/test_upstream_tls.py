@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from singularity_ops import tls
 from tests.standins.tls import Certificates, make_certificates
 
 MODEL = "llama3.2:3b"
+pytestmark = pytest.mark.usefixtures("fresh_tls")  # tests/conftest.py
 
 
 @pytest.fixture
@@ -28,15 +28,6 @@ def ollama(certificates) -> Iterator:
 
     with OllamaStandIn(models=[REAL_MODELS[MODEL]], tls=certificates.server_context()) as standin:
         yield standin
-
-
-@pytest.fixture(autouse=True)
-def fresh_context(monkeypatch) -> Iterator[None]:
-    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
-    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
-    tls.client_context.cache_clear()
-    yield
-    tls.client_context.cache_clear()
 
 
 def test_an_https_ollama_whose_ca_is_trusted_is_proxied_and_scraped(make_gateway, ollama, certificates,
