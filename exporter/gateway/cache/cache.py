@@ -136,8 +136,8 @@ class SemanticCache:
             lookup.embedding = await self.embedder.embed(found.prompt)
             if lookup.embedding is not None:
                 started = time.perf_counter()
-                near = await asyncio.wait_for(self.store.nearest(found.scope, lookup.embedding, digest,
-                                                                 NEAREST), timeout)
+                near = await asyncio.wait_for(self.store.nearest(found.scope, lookup.embedding, digest, NEAREST,
+                                                                 self.settings.similarity), timeout)
                 spent += time.perf_counter() - started
                 entry = self._match(found, near)
                 if entry is not None:

@@ -16,6 +16,7 @@ from singularity_ops.cache_key import canonical_model as canonical
 from singularity_ops.config import Config
 from singularity_ops.exporter.gateway.cache.cache import SemanticCache
 from singularity_ops.exporter.gateway.cache.embed import Embedder
+from singularity_ops.exporter.gateway.cache.index import LocalIndex
 from singularity_ops.exporter.gateway.cache.metrics import CacheMetrics
 from singularity_ops.exporter.gateway.cache.store import CacheStore, Connections
 from singularity_ops.exporter.gateway.cache.warm import WarmRunner
@@ -37,7 +38,8 @@ class CacheService:
         self._snapshot = snapshot
         self._database_url = database_url
         self.upkeep_seconds = upkeep_seconds
-        self.store = CacheStore(Connections(self._url, settings.connections, config.database.connect_timeout_seconds))
+        self.store = CacheStore(Connections(self._url, settings.connections, config.database.connect_timeout_seconds),
+                                index=LocalIndex())
         self.embedder = Embedder(config.ollama.host, settings.embedding_model, settings.embedding_timeout_seconds,
                                  self.metrics, session, headers)
         self.cache = SemanticCache(settings, self.metrics, self.store, self.embedder, self.digest_of)

@@ -1,5 +1,13 @@
-"""The cache in PostgreSQL (migration 0009): exact lookups by key, semantic ones by an HNSW index (pgvector) over
-the last user turn's embedding within the request's scope, and the upkeep (expiry, eviction, invalidation, counts).
+"""The cache in PostgreSQL (migrations 0009, 0013): exact lookups by key, semantic ones over the last user turn's
+embedding within the request's scope, and the upkeep (expiry, eviction, invalidation, counts).
+
+A gateway's store has a LocalIndex in front of the table (index.py): once loaded, a lookup asks the database only
+for the entries the index names (a key it holds, or the few that may be similar enough), so a miss costs no round
+trip. The index reads the entries written since it last looked at every upkeep (``revision``), drops what its own
+upkeep deletes, and, when its count and the table's part, reads the table's keys again (another replica's eviction,
+``cache clear``). An entry it holds that the table no longer has is dropped when a lookup finds it gone. Until it
+is loaded, and in the CLI, lookups go to the table: the exact key through its primary key, the semantic one through
+pgvector's HNSW index.
 
 The connections are psycopg's async ones, a few per gateway, opened when needed and dropped after an error, so
 the event loop never waits on a thread. pgvector is needed: ``setup`` creates the extension, or raises
@@ -15,10 +23,11 @@ import asyncio
 import contextlib
 import logging
 import struct
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg.adapt import Dumper
@@ -27,10 +36,15 @@ from psycopg.types.json import Jsonb
 
 from singularity_ops.errors import SingularityError
 
+if TYPE_CHECKING:
+    from singularity_ops.exporter.gateway.cache.index import LocalIndex
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 EXTENSION = "vector"
 EF_SEARCH = 100
+LOAD_BATCH = 2000  # entries the index reads in one query
+ENTRY = "key, model, origin, answer, upstream_seconds, {similarity}, expires_at, prompt"
 # Migration 0009 makes the embedding real[] (it must run where pgvector is missing); with the extension there, the
 # column becomes pgvector's own type once: a scope's semantic lookup then reads it as it is stored (measured 2.2x
 # faster at p50 than converting real[] per row).
@@ -140,10 +154,15 @@ class Connections:
 
 
 class CacheStore:
-    def __init__(self, connections: Connections, extension: str = EXTENSION) -> None:
+    def __init__(self, connections: Connections, extension: str = EXTENSION, index: LocalIndex | None = None) -> None:
         self.db = connections
         self.extension = extension  # pgvector's name; tests name a missing one
+        self.index = index
         self._indexed: set[int] = set()
+
+    @property
+    def _local(self) -> LocalIndex | None:
+        return self.index if self.index is not None and self.index.ready else None
 
     async def setup(self) -> None:
         async def work(conn: psycopg.AsyncConnection) -> None:
@@ -176,26 +195,47 @@ class CacheStore:
         self._indexed.add(dims)
 
     async def exact(self, key: str, digest: str) -> Entry | None:
+        local = self._local
+        if local is not None and not local.has(key, digest, time.time()):
+            return None
+
         async def work(conn: psycopg.AsyncConnection) -> Entry | None:
             row = await (await conn.execute(
-                "SELECT key, model, origin, answer, upstream_seconds, 1.0, expires_at, prompt FROM cache_entries "
+                f"SELECT {ENTRY.format(similarity='1.0')} FROM cache_entries "
                 "WHERE key = %s AND digest = %s AND expires_at > now()", (key, digest))).fetchone()
             return Entry(*row) if row else None
-        return await self.db.run(work)
+        entry = await self.db.run(work)
+        if entry is None and local is not None:
+            local.discard([key])
+        return entry
 
-    async def nearest(self, scope: str, vector: Sequence[float], digest: str, limit: int = 1) -> list[Entry]:
-        """The scope's entries nearest to ``vector``, nearest first."""
+    async def nearest(self, scope: str, vector: Sequence[float], digest: str, limit: int = 1,
+                      floor: float | None = None) -> list[Entry]:
+        """The scope's entries nearest to ``vector``, nearest first; with the index loaded, only those that may be
+        as similar as ``floor``."""
         dims = len(vector)
         distance = f"(embedding::vector({dims})) <=> %(v)s::vector({dims})"
+        local = self._local
+        if local is None:
+            where, order = "", f"ORDER BY {distance} LIMIT %(limit)s"
+            keys: list[str] = []
+        else:
+            keys = [key for key, _ in local.candidates(scope, digest, vector, floor, limit + 2, time.time())]
+            if not keys:
+                return []
+            where, order = "AND key = ANY(%(keys)s)", ""
 
         async def work(conn: psycopg.AsyncConnection) -> list[Entry]:
             rows = await (await conn.execute(
-                f"SELECT key, model, origin, answer, upstream_seconds, 1 - ({distance}), expires_at, prompt "
-                f"FROM cache_entries WHERE dims = {dims} AND scope = %(scope)s AND digest = %(digest)s "
-                f"AND expires_at > now() ORDER BY {distance} LIMIT %(limit)s",
-                {"v": Vector(vector), "scope": scope, "digest": digest, "limit": limit})).fetchall()
+                f"SELECT {ENTRY.format(similarity=f'1 - ({distance})')} FROM cache_entries WHERE dims = {dims} "
+                f"AND scope = %(scope)s AND digest = %(digest)s AND expires_at > now() {where} {order}",
+                {"v": Vector(vector), "scope": scope, "digest": digest, "limit": limit, "keys": keys})).fetchall()
             return [Entry(*row) for row in rows]
-        return await self.db.run(work)
+        found = await self.db.run(work)
+        if local is not None:
+            local.discard(set(keys) - {entry.key for entry in found})
+            found.sort(key=lambda entry: -entry.similarity)
+        return found[:limit]
 
     async def touch(self, key: str) -> None:
         async def work(conn: psycopg.AsyncConnection) -> None:
@@ -204,8 +244,8 @@ class CacheStore:
         await self.db.run(work)
 
     async def put(self, entry: NewEntry) -> None:
-        async def work(conn: psycopg.AsyncConnection) -> None:
-            await conn.execute(
+        async def work(conn: psycopg.AsyncConnection) -> float:
+            return (await (await conn.execute(
                 "INSERT INTO cache_entries (key, scope, tenant, model, digest, kind, prompt, embedding, dims, answer, "
                 "origin, expires_at, upstream_seconds) VALUES (%(key)s, %(scope)s, %(tenant)s, %(model)s, %(digest)s,"
                 " %(kind)s, %(prompt)s, %(embedding)s::vector, %(dims)s, %(answer)s, %(origin)s, "
@@ -213,15 +253,18 @@ class CacheStore:
                 "scope = EXCLUDED.scope, digest = EXCLUDED.digest, prompt = EXCLUDED.prompt, embedding = "
                 "EXCLUDED.embedding, dims = EXCLUDED.dims, answer = EXCLUDED.answer, origin = EXCLUDED.origin, "
                 "created_at = now(), expires_at = EXCLUDED.expires_at, last_used_at = now(), "
-                "upstream_seconds = EXCLUDED.upstream_seconds",
+                "upstream_seconds = EXCLUDED.upstream_seconds, revision = DEFAULT "
+                "RETURNING extract(epoch FROM expires_at)::float8",
                 {"key": entry.key, "scope": entry.scope, "tenant": entry.tenant, "model": entry.model,
                  "digest": entry.digest, "kind": entry.kind, "prompt": entry.prompt,
                  "embedding": Vector(entry.embedding) if entry.embedding else None,
                  "dims": len(entry.embedding) if entry.embedding else None, "answer": Jsonb(entry.answer),
-                 "origin": entry.origin, "ttl": entry.ttl_seconds, "upstream": entry.upstream_seconds})
+                 "origin": entry.origin, "ttl": entry.ttl_seconds, "upstream": entry.upstream_seconds})).fetchone())[0]
         if entry.embedding:
             await self.ensure_index(len(entry.embedding))
-        await self.db.run(work)
+        expires_at = await self.db.run(work)
+        if self.index is not None:
+            self.index.add([(entry.key, entry.scope, entry.digest, entry.embedding or None, expires_at)])
 
     async def record_requests(self, rows: list[tuple[Any, ...]]) -> None:
         async def work(conn: psycopg.AsyncConnection) -> None:
@@ -233,20 +276,76 @@ class CacheStore:
 
     async def upkeep(self, digests: dict[str, str], max_entries: int, history_days: int) -> dict[str, int]:
         """Expired and stale-digest entries out, the least recently used beyond ``max_entries`` out, the request
-        record pruned; returns the entries per model."""
-        async def work(conn: psycopg.AsyncConnection) -> dict[str, int]:
-            await conn.execute("DELETE FROM cache_entries WHERE expires_at <= now()")
+        record pruned; returns the entries per model. The index follows: what was written since it last looked in,
+        what was deleted out."""
+        async def work(conn: psycopg.AsyncConnection) -> tuple[dict[str, int], list[str]]:
+            async def delete(sql: str, params: tuple[Any, ...] = ()) -> None:
+                gone.extend(key for (key,) in await (await conn.execute(sql + " RETURNING key", params)).fetchall())
+
+            gone: list[str] = []
+            await delete("DELETE FROM cache_entries WHERE expires_at <= now()")
             for model, digest in digests.items():
-                await conn.execute("DELETE FROM cache_entries WHERE model = %s AND digest <> %s", (model, digest))
+                await delete("DELETE FROM cache_entries WHERE model = %s AND digest <> %s", (model, digest))
             counts = dict(await (await conn.execute(
                 "SELECT model, count(*) FROM cache_entries GROUP BY model")).fetchall())
             excess = sum(counts.values()) - max_entries
             if excess > 0:
-                await conn.execute("DELETE FROM cache_entries WHERE key IN (SELECT key FROM cache_entries "
-                                   "ORDER BY last_used_at LIMIT %s)", (excess,))
+                await delete("DELETE FROM cache_entries WHERE key IN (SELECT key FROM cache_entries "
+                             "ORDER BY last_used_at LIMIT %s)", (excess,))
                 counts = dict(await (await conn.execute(
                     "SELECT model, count(*) FROM cache_entries GROUP BY model")).fetchall())
             await conn.execute("DELETE FROM cache_requests WHERE at < now() - make_interval(days => %s)",
                                (history_days,))
-            return counts
-        return await self.db.run(work)
+            return counts, gone
+        if self.index is not None:
+            await self.sync_index()
+        counts, gone = await self.db.run(work)
+        if self.index is not None:
+            self.index.discard(gone)
+            self.index.purge(time.time())
+            if len(self.index) != sum(counts.values()):
+                await self.reconcile_index()
+        return counts
+
+    # --- the index's side -------------------------------------------------------------------------------
+
+    async def _read(self, where: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        async def work(conn: psycopg.AsyncConnection) -> list[tuple[Any, ...]]:
+            return await (await conn.execute(
+                "SELECT revision, key, scope, digest, embedding, extract(epoch FROM expires_at)::float8 "
+                f"FROM cache_entries WHERE expires_at > now() AND {where}", params, binary=True)).fetchall()
+        rows = await self.db.run(work)
+        if self.index is not None:
+            self.index.add((key, scope, digest, None if raw is None else _floats(raw), expires)
+                           for _, key, scope, digest, raw, expires in rows)
+        return rows
+
+    async def sync_index(self) -> None:
+        """The entries written since the index last read (every entry, the first time); then it is ready."""
+        assert self.index is not None
+        while True:
+            rows = await self._read("revision > %(after)s ORDER BY revision LIMIT %(batch)s",
+                                    {"after": self.index.revision, "batch": LOAD_BATCH})
+            if rows:
+                self.index.revision = rows[-1][0]
+            if len(rows) < LOAD_BATCH:
+                break
+        self.index.ready = True
+
+    async def reconcile_index(self) -> None:
+        """The index's keys made the table's again: entries deleted elsewhere out, any it missed in."""
+        assert self.index is not None
+
+        async def work(conn: psycopg.AsyncConnection) -> set[str]:
+            rows = await (await conn.execute("SELECT key FROM cache_entries WHERE expires_at > now()")).fetchall()
+            return {key for (key,) in rows}
+        stored, held = await self.db.run(work), self.index.keys()
+        self.index.discard(held - stored)
+        missing = list(stored - held)
+        for start in range(0, len(missing), LOAD_BATCH):
+            await self._read("key = ANY(%(keys)s)", {"keys": missing[start:start + LOAD_BATCH]})
+
+
+def _floats(raw: bytes) -> tuple[float, ...]:
+    """pgvector's binary form: dimensions, unused, big-endian float4s."""
+    return struct.unpack_from(f">{struct.unpack_from('>H', raw)[0]}f", raw, 4)

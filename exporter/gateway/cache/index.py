@@ -1,0 +1,225 @@
+"""The gateway's in-process index of the cache's entries, in front of PostgreSQL (which stays the store of record):
+it decides a miss without a round trip, and names the few entries a hit must be read from the database.
+
+Per entry it keeps what a lookup compares, never the answer: a hash of the key and of the scope (with the model's
+digest and the embedding's length), the expiry, a 128-bit SimHash of the embedding (the signs of 128 fixed random
+projections: two vectors at angle θ differ in a fraction θ/π of them, whatever the embedding model) and the
+embedding in int8. A semantic lookup scans the scope's SimHashes (two XORs and popcounts per entry), keeps those
+whose Hamming distance a similarity at the floor could still reach (4 standard deviations of slack: an entry at the
+floor is dropped about once in 30,000), re-scores the 256 nearest of them with the int8 vectors (within ~0.005 of
+the float cosine) and returns those within MARGIN of the floor; the database then gives their exact similarity and
+the answer. About 450 bytes an entry at 384 dimensions (bench/cache_lookup.py measures it).
+
+numpy does the scans; it is imported only by a gateway whose cache is enabled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+BITS = 128
+WORDS = BITS // 64
+RESCORED = 256  # nearest by Hamming distance re-scored with the int8 vectors
+MARGIN = 0.01  # int8 scores this far under the floor still go to the database for their exact similarity
+SLACK = 4.0  # standard deviations of Hamming distance above the floor's expectation
+DEAD = 0  # the scope hash of a deleted row (hashes are made odd, never 0)
+
+
+def _hash(*parts: str | int) -> int:
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") | 1
+
+
+def _cutoff(floor: float) -> int:
+    """The Hamming distance under which an entry may still have a cosine similarity of ``floor`` or more."""
+    if floor <= -1.0:
+        return BITS
+    p = math.acos(max(-1.0, min(1.0, floor))) / math.pi
+    return min(BITS, math.ceil(BITS * p + SLACK * math.sqrt(BITS * p * (1 - p))))
+
+
+# key, scope, the model's digest, the embedding (None: exact lookups only), expiry in seconds since the epoch
+Row = tuple[str, str, str, Sequence[float] | None, float]
+
+
+class _Table:
+    """The entries whose embeddings have one length (0: no embedding, exact lookups only); rows are appended and
+    marked dead, and compacted once the dead outnumber the living."""
+
+    def __init__(self, dims: int) -> None:
+        self.dims = dims
+        self.n = 0
+        self.dead = 0
+        self.key_hash = np.zeros(0, np.uint64)
+        self.digest_hash = np.zeros(0, np.uint64)
+        self.scope_hash = np.zeros(0, np.uint64)  # scope + digest + dims: what a semantic lookup must share
+        self.expires = np.zeros(0, np.float64)
+        self.keys = np.zeros(0, "S1")
+        self.codes = np.zeros((WORDS, 0), np.uint64)  # word-major: each word's scan reads contiguous memory
+        self.vectors = np.zeros((0, dims), np.int8)
+        self.norms = np.zeros(0, np.float32)
+        if dims:
+            self.planes = np.random.default_rng(dims).standard_normal((BITS, dims)).astype(np.float32)
+
+    def nbytes(self) -> int:
+        arrays = (self.key_hash, self.digest_hash, self.scope_hash, self.expires, self.keys, self.codes, self.vectors,
+                  self.norms)
+        return sum(a.nbytes for a in arrays) + (self.planes.nbytes if self.dims else 0)
+
+    def code(self, vectors: np.ndarray) -> np.ndarray:
+        """SimHashes of unit vectors (rows), word-major: (WORDS, rows)."""
+        bits = np.packbits((vectors @ self.planes.T) > 0, axis=1)
+        return np.ascontiguousarray(bits.view(np.uint64).T)
+
+    def _grow(self, extra: int, key_width: int) -> None:
+        need = self.n + extra
+        capacity = len(self.key_hash)
+        if need > capacity:
+            capacity = max(need, capacity + capacity // 2, 64)
+            for name in ("key_hash", "digest_hash", "scope_hash", "expires", "norms"):
+                old = getattr(self, name)
+                setattr(self, name, np.concatenate([old[:self.n], np.zeros(capacity - self.n, old.dtype)]))
+            self.keys = np.concatenate([self.keys[:self.n], np.zeros(capacity - self.n, self.keys.dtype)])
+            codes = np.zeros((WORDS, capacity), np.uint64)
+            codes[:, :self.n] = self.codes[:, :self.n]
+            self.codes = codes
+            vectors = np.zeros((capacity, self.dims), np.int8)
+            vectors[:self.n] = self.vectors[:self.n]
+            self.vectors = vectors
+        if key_width > self.keys.dtype.itemsize:
+            self.keys = self.keys.astype(f"S{key_width}")
+
+    def append(self, rows: list[Row], key_hashes: np.ndarray) -> None:
+        encoded = [row[0].encode() for row in rows]
+        self._grow(len(rows), max(map(len, encoded)))
+        at = slice(self.n, self.n + len(rows))
+        self.key_hash[at] = key_hashes
+        self.digest_hash[at] = [_hash(digest) for _, _, digest, _, _ in rows]
+        self.scope_hash[at] = [_hash(scope, digest, self.dims) for _, scope, digest, _, _ in rows]
+        self.expires[at] = [expires_at for *_, expires_at in rows]
+        self.keys[at] = encoded
+        if self.dims:
+            matrix = np.asarray([row[3] for row in rows], np.float32).reshape(len(rows), self.dims)
+            matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+            self.codes[:, at] = self.code(matrix)
+            scale = 127.0 / np.maximum(np.abs(matrix).max(axis=1, keepdims=True), 1e-12)
+            quantised = np.rint(matrix * scale).astype(np.int8)
+            self.vectors[at] = quantised
+            self.norms[at] = np.maximum(np.linalg.norm(quantised.astype(np.float32), axis=1), 1e-12)
+        self.n += len(rows)
+
+    def kill(self, rows: np.ndarray) -> None:
+        rows = rows[self.key_hash[rows] != DEAD]
+        self.key_hash[rows] = DEAD
+        self.scope_hash[rows] = DEAD
+        self.dead += len(rows)
+        if self.dead > max(1024, self.n - self.dead):
+            self._compact()
+
+    def _compact(self) -> None:
+        keep = np.flatnonzero(self.key_hash[:self.n] != DEAD)
+        for name in ("key_hash", "digest_hash", "scope_hash", "expires", "norms", "keys", "vectors"):
+            setattr(self, name, getattr(self, name)[keep].copy())
+        self.codes = np.ascontiguousarray(self.codes[:, keep])
+        self.n, self.dead = len(keep), 0
+
+    def live(self) -> int:
+        return self.n - self.dead
+
+
+class LocalIndex:
+    def __init__(self) -> None:
+        self._tables: dict[int, _Table] = {}
+        self.ready = False  # loaded from the database once; until then lookups go to it
+        self.revision = 0  # the highest cache_entries.revision read from the database
+
+    def __len__(self) -> int:
+        return sum(table.live() for table in self._tables.values())
+
+    def nbytes(self) -> int:
+        return sum(table.nbytes() for table in self._tables.values())
+
+    def add(self, rows: Iterable[Row]) -> None:
+        """New entries, or new versions of entries already there (the old ones go)."""
+        rows = list({row[0]: row for row in rows}.values())
+        if not rows:
+            return
+        hashes = np.fromiter((_hash(row[0]) for row in rows), np.uint64, len(rows))
+        self._kill(hashes)
+        by_dims: dict[int, list[int]] = {}
+        for i, row in enumerate(rows):
+            by_dims.setdefault(len(row[3]) if row[3] is not None else 0, []).append(i)
+        for dims, at in by_dims.items():
+            table = self._tables.get(dims) or self._tables.setdefault(dims, _Table(dims))
+            table.append([rows[i] for i in at], hashes[at])
+
+    def discard(self, keys: Iterable[str]) -> None:
+        hashes = np.fromiter((_hash(key) for key in keys), np.uint64)
+        if len(hashes):
+            self._kill(hashes)
+
+    def _kill(self, hashes: np.ndarray) -> None:
+        for table in self._tables.values():
+            column = table.key_hash[:table.n]
+            rows = np.flatnonzero(column == hashes[0]) if len(hashes) == 1 else np.flatnonzero(np.isin(column, hashes))
+            if len(rows):
+                table.kill(rows)
+
+    def purge(self, now: float) -> None:
+        """Expired entries out (the database's upkeep deletes them too)."""
+        for table in self._tables.values():
+            expired = np.flatnonzero((table.expires[:table.n] <= now) & (table.key_hash[:table.n] != DEAD))
+            if len(expired):
+                table.kill(expired)
+
+    def keys(self) -> set[str]:
+        return {key.decode() for table in self._tables.values()
+                for key in table.keys[:table.n][table.key_hash[:table.n] != DEAD]}
+
+    def has(self, key: str, digest: str, now: float) -> bool:
+        wanted, digest_hash = _hash(key), _hash(digest)
+        for table in self._tables.values():
+            rows = np.flatnonzero(table.key_hash[:table.n] == wanted)
+            if any(table.digest_hash[i] == digest_hash and table.expires[i] > now for i in rows):
+                return True
+        return False
+
+    def candidates(self, scope: str, digest: str, vector: Sequence[float], floor: float | None, limit: int,
+                   now: float) -> list[tuple[str, float]]:
+        """Keys of the scope's entries that may be as similar as ``floor`` (None: any), with their int8 scores,
+        best first; at most ``limit``."""
+        table = self._tables.get(len(vector))
+        if table is None or table.n == 0:
+            return []
+        rows = np.flatnonzero(table.scope_hash[:table.n] == _hash(scope, digest, table.dims))
+        if not len(rows):
+            return []
+        query = np.array(vector, np.float32)
+        query /= max(float(np.linalg.norm(query)), 1e-12)
+        low = -1.0 if floor is None else floor - MARGIN
+        whole = len(rows) == table.n  # one scope holds every entry: scan in place, no gather
+        codes = table.codes[:, :table.n] if whole else table.codes[:, rows]
+        distance = _hamming(codes, table.code(query[None, :])[:, 0])
+        near = np.flatnonzero(distance <= _cutoff(low))
+        if len(near) > RESCORED:
+            near = near[np.argpartition(distance[near], RESCORED)[:RESCORED]]
+        at = near if whole else rows[near]
+        at = at[table.expires[at] > now]
+        scores = (table.vectors[at].astype(np.float32) @ query) / table.norms[at]
+        best = np.argsort(-scores, kind="stable")[:limit]
+        return [(table.keys[at[i]].decode(), float(scores[i])) for i in best if scores[i] >= low]
+
+
+def _hamming(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
+    total = np.zeros(codes.shape[1], np.uint16)
+    scratch = np.empty(codes.shape[1], np.uint64)
+    counts = np.empty(codes.shape[1], np.uint8)
+    for word in range(WORDS):
+        np.bitwise_xor(codes[word], query[word], out=scratch)
+        np.bitwise_count(scratch, out=counts)
+        total += counts
+    return total
