@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-BITS = 128
+BITS = 128  # at most 255: Hamming distances are counted in uint8
 WORDS = BITS // 64
 RESCORED = 256  # nearest by Hamming distance re-scored with the int8 vectors
 MARGIN = 0.01  # int8 scores this far under the floor still go to the database for their exact similarity
@@ -48,12 +49,16 @@ Row = tuple[str, str, str, Sequence[float] | None, float]
 
 class _Table:
     """The entries whose embeddings have one length (0: no embedding, exact lookups only); rows are appended and
-    marked dead, and compacted once the dead outnumber the living."""
+    marked dead, and compacted once the dead outnumber the living. ``row_of`` finds a key's row without a scan;
+    ``in_scope`` counts the living rows of each scope, so that a scope holding most of the table is scanned in place
+    (no gather) and an absent one not at all."""
 
     def __init__(self, dims: int) -> None:
         self.dims = dims
         self.n = 0
         self.dead = 0
+        self.row_of: dict[int, int] = {}
+        self.in_scope: dict[int, int] = {}
         self.key_hash = np.zeros(0, np.uint64)
         self.digest_hash = np.zeros(0, np.uint64)
         self.scope_hash = np.zeros(0, np.uint64)  # scope + digest + dims: what a semantic lookup must share
@@ -68,7 +73,8 @@ class _Table:
     def nbytes(self) -> int:
         arrays = (self.key_hash, self.digest_hash, self.scope_hash, self.expires, self.keys, self.codes, self.vectors,
                   self.norms)
-        return sum(a.nbytes for a in arrays) + (self.planes.nbytes if self.dims else 0)
+        dicts = sys.getsizeof(self.row_of) + sys.getsizeof(self.in_scope) + 32 * (len(self.row_of) + len(self.in_scope))
+        return sum(a.nbytes for a in arrays) + dicts + (self.planes.nbytes if self.dims else 0)
 
     def code(self, vectors: np.ndarray) -> np.ndarray:
         """SimHashes of unit vectors (rows), word-major: (WORDS, rows)."""
@@ -93,13 +99,14 @@ class _Table:
         if key_width > self.keys.dtype.itemsize:
             self.keys = self.keys.astype(f"S{key_width}")
 
-    def append(self, rows: list[Row], key_hashes: np.ndarray) -> None:
+    def append(self, rows: list[Row], key_hashes: list[int]) -> None:
         encoded = [row[0].encode() for row in rows]
         self._grow(len(rows), max(map(len, encoded)))
         at = slice(self.n, self.n + len(rows))
+        scopes = [_hash(scope, digest, self.dims) for _, scope, digest, _, _ in rows]
         self.key_hash[at] = key_hashes
         self.digest_hash[at] = [_hash(digest) for _, _, digest, _, _ in rows]
-        self.scope_hash[at] = [_hash(scope, digest, self.dims) for _, scope, digest, _, _ in rows]
+        self.scope_hash[at] = scopes
         self.expires[at] = [expires_at for *_, expires_at in rows]
         self.keys[at] = encoded
         if self.dims:
@@ -110,10 +117,18 @@ class _Table:
             quantised = np.rint(matrix * scale).astype(np.int8)
             self.vectors[at] = quantised
             self.norms[at] = np.maximum(np.linalg.norm(quantised.astype(np.float32), axis=1), 1e-12)
+        for offset, (key_hash, scope) in enumerate(zip(key_hashes, scopes, strict=True)):
+            self.row_of[key_hash] = self.n + offset
+            self.in_scope[scope] = self.in_scope.get(scope, 0) + 1
         self.n += len(rows)
 
-    def kill(self, rows: np.ndarray) -> None:
-        rows = rows[self.key_hash[rows] != DEAD]
+    def kill(self, rows: list[int]) -> None:
+        for row in rows:
+            del self.row_of[int(self.key_hash[row])]
+            scope = int(self.scope_hash[row])
+            self.in_scope[scope] -= 1
+            if not self.in_scope[scope]:
+                del self.in_scope[scope]
         self.key_hash[rows] = DEAD
         self.scope_hash[rows] = DEAD
         self.dead += len(rows)
@@ -126,6 +141,7 @@ class _Table:
             setattr(self, name, getattr(self, name)[keep].copy())
         self.codes = np.ascontiguousarray(self.codes[:, keep])
         self.n, self.dead = len(keep), 0
+        self.row_of = dict(zip(self.key_hash.tolist(), range(self.n), strict=True))
 
     def live(self) -> int:
         return self.n - self.dead
@@ -148,25 +164,22 @@ class LocalIndex:
         rows = list({row[0]: row for row in rows}.values())
         if not rows:
             return
-        hashes = np.fromiter((_hash(row[0]) for row in rows), np.uint64, len(rows))
+        hashes = [_hash(row[0]) for row in rows]
         self._kill(hashes)
         by_dims: dict[int, list[int]] = {}
         for i, row in enumerate(rows):
             by_dims.setdefault(len(row[3]) if row[3] is not None else 0, []).append(i)
         for dims, at in by_dims.items():
             table = self._tables.get(dims) or self._tables.setdefault(dims, _Table(dims))
-            table.append([rows[i] for i in at], hashes[at])
+            table.append([rows[i] for i in at], [hashes[i] for i in at])
 
     def discard(self, keys: Iterable[str]) -> None:
-        hashes = np.fromiter((_hash(key) for key in keys), np.uint64)
-        if len(hashes):
-            self._kill(hashes)
+        self._kill([_hash(key) for key in keys])
 
-    def _kill(self, hashes: np.ndarray) -> None:
+    def _kill(self, hashes: list[int]) -> None:
         for table in self._tables.values():
-            column = table.key_hash[:table.n]
-            rows = np.flatnonzero(column == hashes[0]) if len(hashes) == 1 else np.flatnonzero(np.isin(column, hashes))
-            if len(rows):
+            rows = [row for row in map(table.row_of.get, hashes) if row is not None]
+            if rows:
                 table.kill(rows)
 
     def purge(self, now: float) -> None:
@@ -174,7 +187,7 @@ class LocalIndex:
         for table in self._tables.values():
             expired = np.flatnonzero((table.expires[:table.n] <= now) & (table.key_hash[:table.n] != DEAD))
             if len(expired):
-                table.kill(expired)
+                table.kill(expired.tolist())
 
     def keys(self) -> set[str]:
         return {key.decode() for table in self._tables.values()
@@ -183,8 +196,8 @@ class LocalIndex:
     def has(self, key: str, digest: str, now: float) -> bool:
         wanted, digest_hash = _hash(key), _hash(digest)
         for table in self._tables.values():
-            rows = np.flatnonzero(table.key_hash[:table.n] == wanted)
-            if any(table.digest_hash[i] == digest_hash and table.expires[i] > now for i in rows):
+            row = table.row_of.get(wanted)
+            if row is not None and table.digest_hash[row] == digest_hash and table.expires[row] > now:
                 return True
         return False
 
@@ -193,33 +206,39 @@ class LocalIndex:
         """Keys of the scope's entries that may be as similar as ``floor`` (None: any), with their int8 scores,
         best first; at most ``limit``."""
         table = self._tables.get(len(vector))
-        if table is None or table.n == 0:
-            return []
-        rows = np.flatnonzero(table.scope_hash[:table.n] == _hash(scope, digest, table.dims))
-        if not len(rows):
+        wanted = _hash(scope, digest, len(vector))
+        if table is None or not table.in_scope.get(wanted):
             return []
         query = np.array(vector, np.float32)
         query /= max(float(np.linalg.norm(query)), 1e-12)
         low = -1.0 if floor is None else floor - MARGIN
-        whole = len(rows) == table.n  # one scope holds every entry: scan in place, no gather
-        codes = table.codes[:, :table.n] if whole else table.codes[:, rows]
-        distance = _hamming(codes, table.code(query[None, :])[:, 0])
-        near = np.flatnonzero(distance <= _cutoff(low))
+        code = table.code(query[None, :])[:, 0]
+        if 2 * table.in_scope[wanted] >= table.n:  # most of the table: scan it in place, other rows filtered after
+            distance = _hamming(table.codes[:, :table.n], code)
+            near = np.flatnonzero(distance <= _cutoff(low))
+            near = near[table.scope_hash[near] == wanted]
+            at = near
+        else:
+            rows = np.flatnonzero(table.scope_hash[:table.n] == wanted)
+            distance = _hamming(table.codes[:, rows], code)
+            near = np.flatnonzero(distance <= _cutoff(low))
+            at = rows[near]
         if len(near) > RESCORED:
-            near = near[np.argpartition(distance[near], RESCORED)[:RESCORED]]
-        at = near if whole else rows[near]
+            best = np.argpartition(distance[near], RESCORED)[:RESCORED]
+            at = at[best]
         at = at[table.expires[at] > now]
         scores = (table.vectors[at].astype(np.float32) @ query) / table.norms[at]
-        best = np.argsort(-scores, kind="stable")[:limit]
-        return [(table.keys[at[i]].decode(), float(scores[i])) for i in best if scores[i] >= low]
+        order = np.argsort(-scores, kind="stable")[:limit]
+        return [(table.keys[at[i]].decode(), float(scores[i])) for i in order if scores[i] >= low]
 
 
 def _hamming(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
-    total = np.zeros(codes.shape[1], np.uint16)
+    """Bits that differ from ``query``, per column of ``codes`` (at most BITS = 128: uint8 holds it)."""
     scratch = np.empty(codes.shape[1], np.uint64)
+    total = np.empty(codes.shape[1], np.uint8)
     counts = np.empty(codes.shape[1], np.uint8)
-    for word in range(WORDS):
-        np.bitwise_xor(codes[word], query[word], out=scratch)
-        np.bitwise_count(scratch, out=counts)
-        total += counts
+    np.bitwise_count(np.bitwise_xor(codes[0], query[0], out=scratch), out=total)
+    for word in range(1, WORDS):
+        np.bitwise_count(np.bitwise_xor(codes[word], query[word], out=scratch), out=counts)
+        np.add(total, counts, out=total)
     return total

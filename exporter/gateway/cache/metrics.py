@@ -29,8 +29,9 @@ class CacheMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter("llm_cache_requests", "Inference requests by what the cache did: hit (exact), "
                                 "semantic, miss or bypass", ["model", "result"], registry=registry)
-        self.lookup = Histogram("llm_cache_lookup_seconds", "Time of a cache lookup in PostgreSQL, exact and "
-                                "semantic, without the embedding call", buckets=LOOKUP_BUCKETS, registry=registry)
+        self.lookup = Histogram("llm_cache_lookup_seconds", "Time of a cache lookup, exact and semantic (the "
+                                "gateway's index, and PostgreSQL for the entries it names), without the embedding "
+                                "call", buckets=LOOKUP_BUCKETS, registry=registry)
         self.embedding = Histogram("llm_cache_embedding_seconds", "Time of the embedding call (/api/embed) of a "
                                    "lookup", buckets=EMBEDDING_BUCKETS, registry=registry)
         self.embedding_failures = Counter("llm_cache_embedding_failures", "Embedding calls that failed: the "

@@ -213,29 +213,39 @@ class CacheStore:
                       floor: float | None = None) -> list[Entry]:
         """The scope's entries nearest to ``vector``, nearest first; with the index loaded, only those that may be
         as similar as ``floor``."""
-        dims = len(vector)
-        distance = f"(embedding::vector({dims})) <=> %(v)s::vector({dims})"
         local = self._local
         if local is None:
-            where, order = "", f"ORDER BY {distance} LIMIT %(limit)s"
-            keys: list[str] = []
-        else:
-            keys = [key for key, _ in local.candidates(scope, digest, vector, floor, limit + 2, time.time())]
-            if not keys:
-                return []
-            where, order = "AND key = ANY(%(keys)s)", ""
+            return await self._nearest_in_table(scope, vector, digest, limit)
+        keys = [key for key, _ in local.candidates(scope, digest, vector, floor, limit + 2, time.time())]
+        if not keys:
+            return []
+        dims = len(vector)
+        # Only the primary key may choose the plan: a scope holding most of the table (one model, single turns)
+        # read through its own index would cost a scan of it. The rest is checked per row, the distance only where
+        # the dimensions agree (another replica may have replaced the entry since).
+        fits = f"scope = %(scope)s AND digest = %(digest)s AND dims = {dims} AND expires_at > now()"
+        similarity = f"CASE WHEN dims = {dims} THEN 1 - ((embedding::vector({dims})) <=> %(v)s::vector({dims})) END"
+
+        async def work(conn: psycopg.AsyncConnection) -> list[tuple[Any, ...]]:
+            return await (await conn.execute(
+                f"SELECT {ENTRY.format(similarity=similarity)}, {fits} FROM cache_entries WHERE key = ANY(%(keys)s)",
+                {"v": Vector(vector), "scope": scope, "digest": digest, "keys": keys})).fetchall()
+        found = [Entry(*row[:-1]) for row in await self.db.run(work) if row[-1]]
+        local.discard(set(keys) - {entry.key for entry in found})
+        found.sort(key=lambda entry: -entry.similarity)
+        return found[:limit]
+
+    async def _nearest_in_table(self, scope: str, vector: Sequence[float], digest: str, limit: int) -> list[Entry]:
+        dims = len(vector)
+        distance = f"(embedding::vector({dims})) <=> %(v)s::vector({dims})"
 
         async def work(conn: psycopg.AsyncConnection) -> list[Entry]:
             rows = await (await conn.execute(
                 f"SELECT {ENTRY.format(similarity=f'1 - ({distance})')} FROM cache_entries WHERE dims = {dims} "
-                f"AND scope = %(scope)s AND digest = %(digest)s AND expires_at > now() {where} {order}",
-                {"v": Vector(vector), "scope": scope, "digest": digest, "limit": limit, "keys": keys})).fetchall()
+                f"AND scope = %(scope)s AND digest = %(digest)s AND expires_at > now() ORDER BY {distance} "
+                "LIMIT %(limit)s", {"v": Vector(vector), "scope": scope, "digest": digest, "limit": limit})).fetchall()
             return [Entry(*row) for row in rows]
-        found = await self.db.run(work)
-        if local is not None:
-            local.discard(set(keys) - {entry.key for entry in found})
-            found.sort(key=lambda entry: -entry.similarity)
-        return found[:limit]
+        return await self.db.run(work)
 
     async def touch(self, key: str) -> None:
         async def work(conn: psycopg.AsyncConnection) -> None:

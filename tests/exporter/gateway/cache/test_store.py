@@ -227,3 +227,19 @@ def test_a_replaced_entry_is_found_by_its_new_embedding_only(vector_database_url
 
     old, new = run(vector_database_url, work, lookups="index")
     assert old == [] and [(e.key, e.answer) for e in new] == [("k", {"text": "new"})]
+
+
+def test_an_entry_another_replica_replaced_with_another_embedding_size_is_not_served(vector_database_url: str) -> None:
+    async def work(store: CacheStore) -> list[Any]:
+        await store.put(entry("k", unit([1, 0.1, 0, 0])))
+        other = store_for(vector_database_url)
+        try:
+            await other.setup()
+            await other.put(entry("k", unit([1, 0.1, 0, 0, 0]), text="from a 5-dimension model"))
+        finally:
+            await other.db.close()
+        assert store.index is not None
+        return [await store.nearest("s", unit([1, 0.1, 0, 0]), "d1", 3, floor=0.5), store.index.keys()]
+
+    near, held = run(vector_database_url, work, lookups="index")
+    assert near == [] and held == set()
