@@ -128,16 +128,18 @@ class SemanticCache:
         return await self._serve(request, lookup, found, entry, payload, label)
 
     async def _lookup(self, lookup: Lookup, found: Cacheable, digest: str) -> Entry | None:
-        timeout = self.settings.lookup_timeout_seconds
+        timeout = self.settings.lookup_timeout_seconds  # asyncio.timeout, not wait_for: no task per lookup
         started = time.perf_counter()
-        entry = await asyncio.wait_for(self.store.exact(found.key, digest), timeout)
+        async with asyncio.timeout(timeout):
+            entry = await self.store.exact(found.key, digest)
         spent = time.perf_counter() - started
         if entry is None and found.semantic:
             lookup.embedding = await self.embedder.embed(found.prompt)
             if lookup.embedding is not None:
                 started = time.perf_counter()
-                near = await asyncio.wait_for(self.store.nearest(found.scope, lookup.embedding, digest, NEAREST,
-                                                                 self.settings.similarity), timeout)
+                async with asyncio.timeout(timeout):
+                    near = await self.store.nearest(found.scope, lookup.embedding, digest, NEAREST,
+                                                    self.settings.similarity)
                 spent += time.perf_counter() - started
                 entry = self._match(found, near)
                 if entry is not None:
