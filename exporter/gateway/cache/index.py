@@ -8,7 +8,8 @@ embedding in int8. A semantic lookup scans the scope's SimHashes (two XORs and p
 whose Hamming distance a similarity at the floor could still reach (4 standard deviations of slack: an entry at the
 floor is dropped about once in 30,000), re-scores the 256 nearest of them with the int8 vectors (within ~0.005 of
 the float cosine) and returns those within MARGIN of the floor; the database then gives their exact similarity and
-the answer. About 450 bytes an entry at 384 dimensions (bench/cache_lookup.py measures it).
+the answer. About 600 bytes an entry at 384 dimensions with sha256 keys and the arrays' growth slack
+(bench/cache_lookup.py measures it).
 
 numpy does the scans; it is imported only by a gateway whose cache is enabled.
 """
