@@ -3,6 +3,10 @@ decides exactly), and it keeps scopes, model digests, embedding sizes and expiry
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -92,3 +96,16 @@ def test_discarded_entries_are_gone_and_the_rest_survive_compaction() -> None:
     for i in range(0, 3_000, 100):  # discarded
         assert not index.has(f"k{i}", "d", NOW)
         assert all(key != f"k{i}" for key, _ in index.candidates("s", "d", matrix[i].tolist(), 0.5, 9, NOW))
+
+
+def test_a_gateway_without_the_cache_never_loads_numpy(tmp_path: Path) -> None:
+    """numpy (20 MiB) is the cache's alone: the default exporter stays as small as bench/scrape.py measures it."""
+    code = ("import sys\n"
+            "from singularity_ops.config import load_config\n"
+            "from singularity_ops.exporter.app import Exporter\n"
+            f"flags = {{'home': {str(tmp_path)!r}, 'gateway.listen': '127.0.0.1:0'}}\n"
+            "config = load_config(flags=flags, environ={})\n"
+            "Exporter.build(config, with_database=False, with_gateway=True)\n"
+            "print(sorted(m for m in ('numpy', 'singularity_ops.exporter.gateway.cache.index') if m in sys.modules))\n")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert found.stdout.strip() == "[]", found.stderr
