@@ -29,6 +29,8 @@ RESCORED = 256  # nearest by Hamming distance re-scored with the int8 vectors
 MARGIN = 0.01  # int8 scores this far under the floor still go to the database for their exact similarity
 SLACK = 4.0  # standard deviations of Hamming distance above the floor's expectation
 DEAD = 0  # the scope hash of a deleted row (hashes are made odd, never 0)
+# A table's arrays with one row per entry along their first axis (``codes`` is word-major: rows along its second).
+BY_ROW = ("key_hash", "digest_hash", "scope_hash", "expires", "keys", "vectors", "norms")
 
 
 def _hash(*parts: str | int) -> int:
@@ -72,8 +74,7 @@ class _Table:
             self.planes = np.random.default_rng(dims).standard_normal((BITS, dims)).astype(np.float32)
 
     def nbytes(self) -> int:
-        arrays = (self.key_hash, self.digest_hash, self.scope_hash, self.expires, self.keys, self.codes, self.vectors,
-                  self.norms)
+        arrays = [getattr(self, name) for name in BY_ROW] + [self.codes]
         dicts = sys.getsizeof(self.row_of) + sys.getsizeof(self.in_scope) + 32 * (len(self.row_of) + len(self.in_scope))
         return sum(a.nbytes for a in arrays) + dicts + (self.planes.nbytes if self.dims else 0)
 
@@ -87,16 +88,14 @@ class _Table:
         capacity = len(self.key_hash)
         if need > capacity:
             capacity = max(need, capacity + capacity // 2, 64)
-            for name in ("key_hash", "digest_hash", "scope_hash", "expires", "norms"):
+            for name in BY_ROW:
                 old = getattr(self, name)
-                setattr(self, name, np.concatenate([old[:self.n], np.zeros(capacity - self.n, old.dtype)]))
-            self.keys = np.concatenate([self.keys[:self.n], np.zeros(capacity - self.n, self.keys.dtype)])
+                grown = np.zeros((capacity, *old.shape[1:]), old.dtype)
+                grown[:self.n] = old[:self.n]
+                setattr(self, name, grown)
             codes = np.zeros((WORDS, capacity), np.uint64)
             codes[:, :self.n] = self.codes[:, :self.n]
             self.codes = codes
-            vectors = np.zeros((capacity, self.dims), np.int8)
-            vectors[:self.n] = self.vectors[:self.n]
-            self.vectors = vectors
         if key_width > self.keys.dtype.itemsize:
             self.keys = self.keys.astype(f"S{key_width}")
 
@@ -138,8 +137,8 @@ class _Table:
 
     def _compact(self) -> None:
         keep = np.flatnonzero(self.key_hash[:self.n] != DEAD)
-        for name in ("key_hash", "digest_hash", "scope_hash", "expires", "norms", "keys", "vectors"):
-            setattr(self, name, getattr(self, name)[keep].copy())
+        for name in BY_ROW:
+            setattr(self, name, getattr(self, name)[keep])  # indexing by an array copies
         self.codes = np.ascontiguousarray(self.codes[:, keep])
         self.n, self.dead = len(keep), 0
         self.row_of = dict(zip(self.key_hash.tolist(), range(self.n), strict=True))
