@@ -319,7 +319,8 @@ class CacheStore:
 
     # --- the index's side -------------------------------------------------------------------------------
 
-    async def _read(self, where: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    async def _load(self, where: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """The unexpired entries ``where`` says, read into the index; the rows (revision first) are returned."""
         async def work(conn: psycopg.AsyncConnection) -> list[tuple[Any, ...]]:
             return await (await conn.execute(
                 "SELECT revision, key, scope, digest, embedding, extract(epoch FROM expires_at)::float8 "
@@ -334,7 +335,7 @@ class CacheStore:
         """The entries written since the index last read (every entry, the first time); then it is ready."""
         assert self.index is not None
         while True:
-            rows = await self._read("revision > %(after)s ORDER BY revision LIMIT %(batch)s",
+            rows = await self._load("revision > %(after)s ORDER BY revision LIMIT %(batch)s",
                                     {"after": self.index.revision, "batch": LOAD_BATCH})
             if rows:
                 self.index.revision = rows[-1][0]
@@ -353,7 +354,7 @@ class CacheStore:
         self.index.discard(held - stored)
         missing = list(stored - held)
         for start in range(0, len(missing), LOAD_BATCH):
-            await self._read("key = ANY(%(keys)s)", {"keys": missing[start:start + LOAD_BATCH]})
+            await self._load("key = ANY(%(keys)s)", {"keys": missing[start:start + LOAD_BATCH]})
 
 
 def _floats(raw: bytes) -> tuple[float, ...]:
