@@ -20,7 +20,7 @@ from singularity_ops.exporter.app import Exporter
 from tests.conftest import free_port
 from tests.helpers import Running, wait_for
 
-SECRETS = {"TELEGRAM_BOT_TOKEN": "123456:telegram-secret-token-abcdefghij", "TELEGRAM_CHAT_ID": "42",
+SECRETS = {"TELEGRAM_BOT_TOKEN": "123456:telegram-secret-token-abcdefghij", "TELEGRAM_CHAT_ID": "-1009876543210",
            "SINGULARITY_DATABASE_URL": "postgresql://u:db-password@db/x", "AWS_SECRET_ACCESS_KEY": "aws-secret",
            "SINGULARITY_BACKUP_KEY_FILE": "/keys/backup.key"}
 
