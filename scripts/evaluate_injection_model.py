@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from joblib import Parallel, delayed
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -28,7 +29,6 @@ sys.path.insert(0, str(REPO / "scripts"))
 import injection_sources as sources  # noqa: E402
 import train_injection_model as recipe  # noqa: E402
 
-from singularity_ops.exporter.gateway.guard.classifier import Featurizer  # noqa: E402
 from singularity_ops.exporter.gateway.guard.injection import InjectionScorer  # noqa: E402
 
 DOC = REPO / "docs" / "ANOMALY_DETECTION.md"
@@ -43,23 +43,26 @@ def cell(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
-def evaluate(data: recipe.Data, patterns: np.ndarray) -> list[dict]:
-    rows = []
-    for name in dict.fromkeys(data.source):
-        started = time.monotonic()
-        test = np.where(data.source == name)[0]
-        trained = recipe.train(data, np.where(data.source != name)[0])
-        model = data.margins(trained.model, test) >= trained.margin
-        both = model | (patterns[test] >= 0.5)
-        attack, trigger = data.y[test], data.trigger[test]
-        rows.append({
-            "source": name, "attacks": int(attack.sum()), "benign": int((~attack).sum()), "trigger": int(trigger.sum()),
-            "c": trained.c, "model_recall": rate(model, attack), "pattern_recall": rate(patterns[test] >= 0.5, attack),
-            "recall": rate(both, attack), "fpr": rate(both, ~attack), "model_fpr": rate(model, ~attack),
-            "overdefence": rate(both, trigger)})
-        print(f"{name}: C={trained.c:g}, recall {cell(rows[-1]['recall'])}, FPR {cell(rows[-1]['fpr'])} "
-              f"({time.monotonic() - started:.0f} s)", file=sys.stderr)
-    return rows
+def left_out(data: recipe.Data, patterns: np.ndarray, name: str) -> dict:
+    started = time.monotonic()
+    test = np.where(data.source == name)[0]
+    trained = recipe.train(data, np.where(data.source != name)[0])
+    model = data.margins(trained.model, test) >= trained.margin
+    both = model | (patterns[test] >= 0.5)
+    attack, trigger = data.y[test], data.trigger[test]
+    row = {"source": name, "attacks": int(attack.sum()), "benign": int((~attack).sum()),
+           "trigger": int(trigger.sum()), "c": trained.c, "model_recall": rate(model, attack),
+           "pattern_recall": rate(patterns[test] >= 0.5, attack), "recall": rate(both, attack),
+           "fpr": rate(both, ~attack), "model_fpr": rate(model, ~attack), "overdefence": rate(both, trigger)}
+    print(f"{name}: C={trained.c:g}, recall {cell(row['recall'])}, FPR {cell(row['fpr'])} "
+          f"({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+    return row
+
+
+def evaluate(data: recipe.Data, patterns: np.ndarray, jobs: int = 1) -> list[dict]:
+    """One row per source, in the sources' order; ``jobs`` left-out sources at a time."""
+    names = list(dict.fromkeys(data.source))
+    return Parallel(n_jobs=jobs)(delayed(left_out)(data, patterns, name) for name in names)
 
 
 def macro(rows: list[dict], key: str) -> float | None:
@@ -98,13 +101,14 @@ def write_docs(text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=sources.DEFAULT_CACHE, help="folder for the pinned wheels")
+    parser.add_argument("--jobs", type=int, default=1, help="left-out sources trained at a time (memory: ~1 GB each)")
     parser.add_argument("--write-docs", action="store_true", help=f"replace the table in {DOC.name}")
     args = parser.parse_args()
     samples = sources.load_all(args.cache)
-    data = recipe.Data.build(samples, Featurizer(recipe.BUCKETS, recipe.CHAR_NGRAMS))
+    data = recipe.Data.build(samples, recipe.featurizer())
     scorer = InjectionScorer()
     patterns = np.array([scorer.score(sample.text).score for sample in samples])
-    text = table(evaluate(data, patterns), len(samples))
+    text = table(evaluate(data, patterns, args.jobs), len(samples))
     print(text)
     if args.write_docs:
         write_docs(text)

@@ -44,13 +44,20 @@ from singularity_ops.exporter.gateway.guard.classifier import (  # noqa: E402
     save_model,
     windows,
 )
+from singularity_ops.exporter.gateway.guard.concepts import Concepts  # noqa: E402
 
 BUCKETS = 300_007  # a prime: the n-gram values are taken modulo it
 CHAR_NGRAMS = (3, 4, 5)
 WINDOW, MAX_WINDOWS = 2048, 4
 CANDIDATE_C = (10.0, 30.0)
-TARGET_FPR = 0.03
+TARGET_FPR = 0.05  # the false-positive budget, met on out-of-fold benign prompts
+CONCEPT_COPIES = 48  # of 1, 4, 16, 48 (leave-one-source-out macro recall 0.69, 0.70, 0.74, 0.74; 48 over-defends less)
 INNER_FOLDS = 4
+CONCEPTS = MODEL_DIR / "concepts.json"
+
+
+def featurizer() -> Featurizer:
+    return Featurizer(BUCKETS, CHAR_NGRAMS, concepts=Concepts.load(CONCEPTS), concept_copies=CONCEPT_COPIES)
 
 
 @dataclass
@@ -196,8 +203,10 @@ def model_card(data: Data, trained: Trained, manifest: Path, size: int) -> str:
         f"Written by `scripts/train_injection_model.py` on {datetime.date.today().isoformat()}; do not edit by hand.",
         "",
         "**What it is**: logistic regression over hashed character 3/4/5-grams, words and word pairs of the "
-        f"lower-cased, NFKC-folded text ({BUCKETS} weights, int16, {size / 1e6:.2f} MB), in pure Python "
-        "(exporter/gateway/guard/classifier.py). **What it scores**: each user turn, tool result and "
+        "lower-cased, NFKC-folded text, and over the cross-lingual concepts of `concepts.json` (23 concepts in 30 "
+        "languages, written from general knowledge of the languages; each concept, pair and skip-pair hashed "
+        f"{CONCEPT_COPIES} times) ({BUCKETS} weights, int16, {size / 1e6:.2f} MB), in pure Python "
+        "(exporter/gateway/guard/classifier.py, concepts.py). **What it scores**: each user turn, tool result and "
         "`/api/generate` prompt on its own; never the operator's system prompt, never the model's own turns. "
         "Texts longer than 2048 characters are scored in windows (up to 4, head and tail), the highest counts.",
         "",
@@ -213,7 +222,8 @@ def model_card(data: Data, trained: Trained, manifest: Path, size: int) -> str:
         "(scripts/evaluate_injection_model.py).",
         "",
         "**Limits**: it knows the languages of its data: English above all; a few hundred attacks and benign texts "
-        "in German, French, Spanish, Italian, Russian, Turkish, Arabic, Chinese and a dozen more; "
+        "in German, French, Spanish, Italian, Russian, Turkish, Arabic, Chinese and a dozen more, and beyond "
+        "them only the concepts of its lexicon; "
         "it sees words, not meaning, so a polite request to leak data in new words can pass, and a benign text "
         "that reads like a jailbreak (role-play set-ups) can be flagged. It does not decode base64 and the like: "
         "the pattern stage does.",
@@ -239,13 +249,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=MODEL_DIR)
     args = parser.parse_args()
     samples = sources.load_all(args.cache)
-    featurizer = Featurizer(BUCKETS, CHAR_NGRAMS)
-    data = Data.build(samples, featurizer)
+    data = Data.build(samples, featurizer())
     trained = train(data, np.arange(len(samples)))
     weights, scale = quantise(trained.model)
     manifest = save_model(args.out, weights, buckets=BUCKETS, char_ngrams=CHAR_NGRAMS, words=True, word_pairs=True,
                           scale=scale, bias=float(trained.model.intercept_[0]), operating_margin=trained.margin,
-                          window=WINDOW, max_windows=MAX_WINDOWS,
+                          window=WINDOW, max_windows=MAX_WINDOWS, concepts=CONCEPTS,
+                          concept_copies=CONCEPT_COPIES,
                           extra={"trained_on": len(samples), "c": trained.c})
     (args.out / "MODEL_CARD.md").write_text(model_card(data, trained, manifest, len(weights) * 2), encoding="utf-8")
     print(f"wrote {manifest} (C={trained.c:g}, operating margin {trained.margin:.4f}, inner macro recall "

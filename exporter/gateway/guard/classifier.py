@@ -29,11 +29,12 @@ import unicodedata
 import zlib
 from array import array
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise, repeat
 from pathlib import Path
 
 from singularity_ops.errors import ConfigError
+from singularity_ops.exporter.gateway.guard.concepts import Concepts
 
 MODEL_DIR = Path(__file__).resolve().parent / "model"
 MANIFEST = "injection-model.json"
@@ -62,6 +63,8 @@ class Featurizer:
     char_ngrams: tuple[int, ...] = (3, 4, 5)
     words: bool = True
     word_pairs: bool = True
+    concepts: Concepts | None = field(default=None, compare=False, repr=False)
+    concept_copies: int = 1  # each concept feature hashed this many times: its say against hundreds of n-grams
 
     def __call__(self, low: str) -> set[int]:
         data = low.encode("utf-8", "replace")
@@ -82,11 +85,22 @@ class Featurizer:
                 features.update(map(operator.mod, map(_word_key, words), buckets))
             if self.word_pairs:
                 features.update(map(operator.mod, map(_word_key, map(" ".join, pairwise(words))), buckets))
+        if self.concepts is not None:
+            found = self.concepts(low)
+            keys = found + [f"{a} {b}" for a, b in pairwise(found)]
+            keys += [f"{a} {b}" for a, b in zip(found, found[2:], strict=False)]  # one concept between them
+            if self.concept_copies > 1:
+                keys = [f"{key}#{copy}" for key in keys for copy in range(self.concept_copies)]
+            features.update(map(operator.mod, map(_concept_key, keys), buckets))
         return features
 
 
 def _word_key(word: str) -> int:
     return zlib.crc32(word.encode("utf-8", "replace")) | 1 << 40  # apart from any 5-byte character n-gram
+
+
+def _concept_key(name: str) -> int:
+    return zlib.crc32(name.encode()) | 1 << 41  # apart from words and character n-grams
 
 
 def windows(low: str, size: int, most: int) -> list[str]:
@@ -173,7 +187,8 @@ def load_model(manifest: Path | None = None) -> InjectionModel:
         if _BIG_ENDIAN:
             weights.byteswap()  # stored little-endian
         featurizer = Featurizer(int(meta["buckets"]), tuple(meta["char_ngrams"]), bool(meta["words"]),
-                                bool(meta["word_pairs"]))
+                                bool(meta["word_pairs"]), _concepts(path.parent, meta.get("concepts")),
+                                int(meta.get("concepts", {}).get("copies", 1)))
         return InjectionModel(featurizer, weights, float(meta["scale"]), float(meta["bias"]),
                               float(meta["operating_margin"]), meta["sha256"][:12], int(meta["window"]),
                               int(meta["max_windows"]))
@@ -183,11 +198,24 @@ def load_model(manifest: Path | None = None) -> InjectionModel:
         raise ConfigError(f"the injection model {path} cannot be loaded: {exc}; {way_out}") from None
 
 
+def _concepts(folder: Path, meta: dict | None) -> Concepts | None:
+    """The concept lexicon the weights were trained with, checked against its sha256 like the weights."""
+    if meta is None:
+        return None
+    path = folder / meta["file"]
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != meta["sha256"]:
+        raise ValueError(f"{path.name} has sha256 {digest[:12]}…, the manifest says {meta['sha256'][:12]}… "
+                         "(corrupt or replaced)")
+    return Concepts(json.loads(data))
+
+
 def save_model(folder: Path, weights: array, *, buckets: int, char_ngrams: tuple[int, ...], words: bool,
                word_pairs: bool, scale: float, bias: float, operating_margin: float, window: int, max_windows: int,
-               extra: dict | None = None) -> Path:
-    """Write the weights (int16, little-endian, named by their hash) and the manifest beside them; the training
-    script's half of ``load_model``."""
+               concepts: Path | None = None, concept_copies: int = 1, extra: dict | None = None) -> Path:
+    """Write the weights (int16, little-endian, named by their hash) and the manifest beside them, with the concept
+    lexicon's hash (copied beside them when it is elsewhere); the training script's half of ``load_model``."""
     data = _swapped(weights) if _BIG_ENDIAN else weights.tobytes()
     digest = hashlib.sha256(data).hexdigest()
     folder.mkdir(parents=True, exist_ok=True)
@@ -198,6 +226,12 @@ def save_model(folder: Path, weights: array, *, buckets: int, char_ngrams: tuple
     meta = {"format": FORMAT, "weights": name, "sha256": digest, "buckets": buckets, "char_ngrams": list(char_ngrams),
             "words": words, "word_pairs": word_pairs, "scale": scale, "bias": bias,
             "operating_margin": operating_margin, "window": window, "max_windows": max_windows, **(extra or {})}
+    if concepts is not None:
+        lexicon = concepts.read_bytes()
+        if concepts.resolve() != (folder / concepts.name).resolve():
+            (folder / concepts.name).write_bytes(lexicon)
+        meta["concepts"] = {"file": concepts.name, "sha256": hashlib.sha256(lexicon).hexdigest(),
+                            "copies": concept_copies}
     path = folder / MANIFEST
     path.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return path
