@@ -1,9 +1,10 @@
 """The injection detector's learned stage: a linear model over hashed character and word n-grams, in pure Python.
 
 The patterns (injection.py) know phrasings; this knows what attack text looks like from ~2000 public attacks and
-~1700 benign prompts (scripts/train_injection_model.py, its sources and licences in ``model/MODEL_CARD.md``).
+~2300 benign prompts (scripts/train_injection_model.py, its sources and licences in ``model/MODEL_CARD.md``).
 Features: the text lower-cased, NFKC-folded, invisible characters dropped and whitespace collapsed; its UTF-8
-character 3-, 4- and 5-grams, its words and word pairs; each hashed into one of ``buckets`` weights. The margin is
+character 3-, 4- and 5-grams, its words and word pairs, and its cross-lingual concepts (concepts.py) and their
+neighbours, each of those ``concept_copies`` times; each hashed into one of ``buckets`` weights. The margin is
 ``bias + Σ weights / √(number of features)`` (logistic regression on L2-normalised binary features), and the score
 ``1 / (1 + e^−(margin − operating_margin))``: 0.5 is the operating point chosen at training time, so
 ``guard.injection.threshold`` means the same for both stages.
