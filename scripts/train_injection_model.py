@@ -10,10 +10,12 @@ once per left-out source):
 1. features: classifier.Featurizer on the first window (2048 characters) of each text;
 2. logistic regression (liblinear, L2), classes balanced, and each source weighted by 1/√size so that a source of
    600 composed prompts does not drown one of 40;
-3. C from CANDIDATE_C by grouped cross-validation over the training sources (4 folds, a source never split): the
-   C with the best macro recall at the fold-pooled operating point;
+3. C from CANDIDATE_C by leave-one-source-out cross-validation over the training sources (the evaluation's own
+   protocol, one level down): the C with the best macro recall at the pooled operating point;
 4. the operating point: the margin above which TARGET_FPR of the benign out-of-fold prompts lie, each benign source
-   weighing the same. TARGET_FPR is 0.03: the issue's budget is 0.05, and a source never seen shifts it.
+   weighing the same. Out-of-fold means from a model that never saw the prompt's source and saw every other one,
+   as the shipped model will meet a user's: 4 folds of whole sources (a quarter unseen at a time) gave weaker
+   models, a higher margin and 0.03 false positives on sources left out for 0.05 asked.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import json
 import math
 import sys
 from array import array
@@ -52,7 +55,6 @@ WINDOW, MAX_WINDOWS = 2048, 4
 CANDIDATE_C = (10.0, 30.0)
 TARGET_FPR = 0.05  # the issue's false-positive budget, met on out-of-fold benign prompts
 CONCEPT_COPIES = 48  # see docs/ANOMALY_DETECTION.md: 16 and 48 gave the same recall, 48 over-defends less
-INNER_FOLDS = 4
 CONCEPTS = MODEL_DIR / "concepts.json"
 
 
@@ -131,13 +133,11 @@ def operating_margin(margins: np.ndarray, benign_sources: np.ndarray, target_fpr
 
 
 def out_of_fold(data: Data, idx: np.ndarray, c: float) -> np.ndarray:
-    """Margins of each training prompt from a model that did not see its source (4 folds of whole sources)."""
-    names = sorted(set(data.source[idx]))
+    """Margins of each training prompt from a model trained on every other source but its own."""
     margins = np.zeros(len(idx))
-    for fold in range(INNER_FOLDS):
-        held = np.isin(data.source[idx], names[fold::INNER_FOLDS])
-        if held.any() and (~held).any():
-            margins[held] = fit(data, idx[~held], c).decision_function(data.x[idx[held]])
+    for name in sorted(set(data.source[idx])):
+        held = data.source[idx] == name
+        margins[held] = fit(data, idx[~held], c).decision_function(data.x[idx[held]])
     return margins
 
 
@@ -197,14 +197,17 @@ def model_card(data: Data, trained: Trained, manifest: Path, size: int) -> str:
     samples = data.samples
     meta = manifest.read_text(encoding="utf-8")
     attacks = sum(s.malicious for s in samples)
+    lexicon = json.loads(CONCEPTS.read_text(encoding="utf-8"))
     return "\n".join([
         "# Model card: the injection detector's learned stage",
         "",
         f"Written by `scripts/train_injection_model.py` on {datetime.date.today().isoformat()}; do not edit by hand.",
         "",
         "**What it is**: logistic regression over hashed character 3/4/5-grams, words and word pairs of the "
-        "lower-cased, NFKC-folded text, and over the cross-lingual concepts of `concepts.json` (23 concepts in 30 "
-        "languages, written from general knowledge of the languages; each concept, pair and skip-pair hashed "
+        "lower-cased, NFKC-folded text (Turkish i and Latin spelled with Cyrillic look-alikes undone: folding.py), "
+        f"and over the cross-lingual concepts of `concepts.json` ({len(lexicon)} concepts in "
+        f"{len({language for forms in lexicon.values() for language in forms})} languages, written from general "
+        "knowledge of the languages; each concept, pair and skip-pair hashed "
         f"{CONCEPT_COPIES} times) ({BUCKETS} weights, int16, {size / 1e6:.2f} MB), in pure Python "
         "(exporter/gateway/guard/classifier.py, concepts.py). **What it scores**: each user turn, tool result and "
         "`/api/generate` prompt on its own; never the operator's system prompt, never the model's own turns. "
@@ -212,11 +215,11 @@ def model_card(data: Data, trained: Trained, manifest: Path, size: int) -> str:
         "",
         f"**Trained on** {len(samples)} prompts, {attacks} attacks and {len(samples) - attacks} benign, from "
         f"{len(set(data.source))} sources (below). Texts that two sources share were kept in the first only. "
-        f"C = {trained.c:g} (chosen among {', '.join(f'{c:g}' for c in CANDIDATE_C)} by 4-fold cross-validation "
-        f"over whole sources); operating margin {trained.margin:.4f}, the margin that {TARGET_FPR:.0%} of the "
+        f"C = {trained.c:g} (chosen among {', '.join(f'{c:g}' for c in CANDIDATE_C)} by leave-one-source-out "
+        f"cross-validation); operating margin {trained.margin:.4f}, the margin that {TARGET_FPR:.0%} of the "
         f"out-of-fold benign prompts reach, each benign source weighing the same (macro false-positive rate "
-        f"{trained.inner_fpr:.1%}; macro recall on the attacks {trained.inner_recall:.1%}, with a quarter of the "
-        "sources unseen each time).",
+        f"{trained.inner_fpr:.1%}; macro recall on the attacks {trained.inner_recall:.1%}, each source unseen in "
+        "its turn).",
         "",
         "**How good it is on sources it never saw**: docs/ANOMALY_DETECTION.md, the leave-one-source-out table "
         "(scripts/evaluate_injection_model.py).",

@@ -26,7 +26,6 @@ import math
 import operator
 import re
 import sys
-import unicodedata
 import zlib
 from array import array
 from collections import OrderedDict
@@ -36,22 +35,15 @@ from pathlib import Path
 
 from singularity_ops.errors import ConfigError
 from singularity_ops.exporter.gateway.guard.concepts import Concepts
+from singularity_ops.exporter.gateway.guard.folding import normalise
 
 MODEL_DIR = Path(__file__).resolve().parent / "model"
 MANIFEST = "injection-model.json"
 FORMAT = 1
 
 _WORD = re.compile(r"\w+")
-_SPACE = re.compile(r"\s+")
-_INVISIBLE = {cp: None for cp in (0x200B, 0x200C, 0x200D, 0x2060, 0x2061, 0x2062, 0x2063, 0x2064, 0xFEFF, 0x00AD)}
 _PAD = b"\0" * 8
 _BIG_ENDIAN = sys.byteorder == "big"
-
-
-def normalise(text: str) -> str:
-    if not text.isascii():
-        text = unicodedata.normalize("NFKC", text.translate(_INVISIBLE))
-    return _SPACE.sub(" ", text.lower()).strip()
 
 
 @dataclass(frozen=True)

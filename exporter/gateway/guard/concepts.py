@@ -9,7 +9,7 @@ languages, not from any evaluation source.
 Matching: in scripts written with spaces a form matches as a prefix at a word start ("instrucci" for
 instrucción/instrucciones), and a form shorter than four characters as a whole word only ("ai", "ora", "mod"
 must not fire on "aim", "oracle", "model"); in Chinese, Japanese and Thai, anywhere. The text is the classifier's
-normalised one (NFKC, lower case, single spaces).
+normalised one (folding.py), and so is each form.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+
+from singularity_ops.exporter.gateway.guard.folding import normalise
 
 _UNSPACED = "\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _STARTS = re.compile(rf"(?<!\w)\w|[{_UNSPACED}]")
@@ -33,7 +35,7 @@ class Concepts:
         for concept, languages in lexicon.items():
             for words in languages.values():
                 for word in words:
-                    form = " ".join(word.lower().split())
+                    form = normalise(word)
                     if len(form) >= 2:
                         forms.setdefault(form, set()).add(concept)
         self._index: dict[str, list[tuple[str, tuple[str, ...], bool, bool]]] = {}
