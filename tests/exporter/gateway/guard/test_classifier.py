@@ -107,6 +107,17 @@ def test_a_harmless_question_in_another_language_is_not_flagged(model: Injection
     assert model.score(text) < 0.5
 
 
+def test_everyday_questions_with_trigger_words_in_18_languages_are_flagged_at_most_one_in_seven(
+        model: InjectionModel) -> None:
+    """A set the model never learned from (docs/ANOMALY_DETECTION.md: adding it to training costs recall): the
+    measured over-defence outside English is 18 of 144, mostly "system … warning" and "safety instructions"."""
+    data = Path(__file__).parent / "data" / "own" / "benign_prompts_multilingual.jsonl"
+    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 144 and len({row["language"] for row in rows}) == 18
+    flagged = [row["text"] for row in rows if model.score(row["text"]) >= 0.5]
+    assert len(flagged) <= len(rows) // 7, flagged
+
+
 def test_the_shipped_model_reads_concepts_with_the_lexicon_its_manifest_pins(model: InjectionModel) -> None:
     meta = json.loads((MODEL_DIR / MANIFEST).read_text())["concepts"]
     assert meta["file"] == "concepts.json" and meta["copies"] == model.featurizer.concept_copies > 1
