@@ -2,7 +2,8 @@
 
 The patterns (injection.py) know phrasings; this knows what attack text looks like from ~2000 public attacks and
 ~2300 benign prompts (scripts/train_injection_model.py, its sources and licences in ``model/MODEL_CARD.md``).
-Features: the text lower-cased, NFKC-folded, invisible characters dropped and whitespace collapsed; its UTF-8
+Features: the text as folding.py normalises it (lower case, NFKC, no invisible characters, Turkish i and Cyrillic
+look-alikes undone, single spaces); its UTF-8
 character 3-, 4- and 5-grams, its words and word pairs, and its cross-lingual concepts (concepts.py) and their
 neighbours, each of those ``concept_copies`` times; each hashed into one of ``buckets`` weights. The margin is
 ``bias + Σ weights / √(number of features)`` (logistic regression on L2-normalised binary features), and the score
