@@ -59,6 +59,8 @@ class Featurizer:
     word_pairs: bool = True
     concepts: Concepts | None = field(default=None, compare=False, repr=False)
     concept_copies: int = 1  # each concept feature hashed this many times: its say against hundreds of n-grams
+    # a concept feature's buckets, hashed once: at most C + 2C² keys for a lexicon of C concepts
+    _concept_buckets: dict[str, tuple[int, ...]] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __call__(self, low: str) -> set[int]:
         data = low.encode("utf-8", "replace")
@@ -83,10 +85,14 @@ class Featurizer:
             found = self.concepts(low)
             keys = found + [f"{a} {b}" for a, b in pairwise(found)]
             keys += [f"{a} {b}" for a, b in zip(found, found[2:], strict=False)]  # one concept between them
-            if self.concept_copies > 1:
-                keys = [f"{key}#{copy}" for key in keys for copy in range(self.concept_copies)]
-            features.update(map(operator.mod, map(_concept_key, keys), buckets))
+            for key in keys:
+                features.update(self._concept_buckets.get(key) or self._hash_concept(key))
         return features
+
+    def _hash_concept(self, key: str) -> tuple[int, ...]:
+        names = [f"{key}#{copy}" for copy in range(self.concept_copies)] if self.concept_copies > 1 else [key]
+        found = self._concept_buckets[key] = tuple(_concept_key(name) % self.buckets for name in names)
+        return found
 
 
 def _word_key(word: str) -> int:
@@ -170,12 +176,7 @@ def load_model(manifest: Path | None = None) -> InjectionModel:
         meta = json.loads(path.read_text(encoding="utf-8"))
         if meta.get("format") != FORMAT:
             raise ValueError(f"format {meta.get('format')!r}, this version reads {FORMAT}")
-        weights_path = path.parent / meta["weights"]
-        data = weights_path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != meta["sha256"]:
-            raise ValueError(f"{weights_path.name} has sha256 {digest[:12]}…, the manifest says "
-                             f"{meta['sha256'][:12]}… (corrupt or replaced)")
+        data = _pinned(path.parent / meta["weights"], meta["sha256"])
         weights = array("h")
         weights.frombytes(data)
         if _BIG_ENDIAN:
@@ -196,13 +197,17 @@ def _concepts(folder: Path, meta: dict | None) -> Concepts | None:
     """The concept lexicon the weights were trained with, checked against its sha256 like the weights."""
     if meta is None:
         return None
-    path = folder / meta["file"]
+    return Concepts(json.loads(_pinned(folder / meta["file"], meta["sha256"])))
+
+
+def _pinned(path: Path, sha256: str) -> bytes:
+    """The file's bytes, if they are the ones the manifest's ``sha256`` names."""
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    if digest != meta["sha256"]:
-        raise ValueError(f"{path.name} has sha256 {digest[:12]}…, the manifest says {meta['sha256'][:12]}… "
+    if digest != sha256:
+        raise ValueError(f"{path.name} has sha256 {digest[:12]}…, the manifest says {sha256[:12]}… "
                          "(corrupt or replaced)")
-    return Concepts(json.loads(data))
+    return data
 
 
 def save_model(folder: Path, weights: array, *, buckets: int, char_ngrams: tuple[int, ...], words: bool,

@@ -43,7 +43,6 @@ class Concepts:
             anywhere = bool(_IS_UNSPACED.match(form))
             whole = not anywhere and len(form) < SHORTEST_STEM
             self._index.setdefault(form[:2], []).append((form, tuple(sorted(forms[form])), anywhere, whole))
-        self.size = len(forms)
 
     @classmethod
     def load(cls, path: Path) -> Concepts:

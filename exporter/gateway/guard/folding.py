@@ -34,6 +34,6 @@ def normalise(text: str) -> str:
         return _SPACE.sub(" ", text.lower()).strip()
     low = unicodedata.normalize("NFKC", text.translate(_INVISIBLE)).lower().translate(_TURKISH_I)
     foreign = len(_CYRILLIC_GREEK.findall(low))
-    if foreign and (foreign - len(_ALIKE.findall(low))) * 5 < foreign and _LATIN.search(low):
+    if foreign and _LATIN.search(low) and (foreign - len(_ALIKE.findall(low))) * 5 < foreign:
         low = low.translate(_LOOKALIKES)
     return _SPACE.sub(" ", low).strip()
